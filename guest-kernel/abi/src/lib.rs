@@ -1,0 +1,32 @@
+//! The interface between the guest kernel and the VMM.
+//!
+//! Everything both sides must agree on lives here, so neither hard-codes the
+//! other's numbers: I/O ports, the PVH boot-info layout, and CPUID leaves the
+//! VMM fills for the guest. The crate is `no_std` and has no dependencies, so
+//! the guest (built without SSE, at CPL0) and the VMM (a normal host program)
+//! compile the same definitions.
+//!
+//! Layouts are `#[repr(C)]` and their sizes and offsets are unit-tested
+//! against the published specifications.
+
+#![no_std]
+
+pub mod ports;
+pub mod pvh;
+
+/// The most CPUs the guest kernel brings up. The VMM may create more vCPUs
+/// (up to what KVM allows); the guest then reports and ignores the extra ones.
+pub const MAX_CPUS: usize = 64;
+
+/// The guest kernel's physical load address (its text starts here).
+pub const KERNEL_LOAD_ADDR: u64 = 0x10_0000;
+
+/// CPUID leaves the VMM provides to the guest.
+pub mod cpuid {
+    /// Hypervisor timing leaf (the VMware convention, also used by Cloud
+    /// Hypervisor): EAX = TSC frequency in kHz, EBX = LAPIC bus frequency in
+    /// kHz. Present when CPUID 0x4000_0000 EAX is at least this leaf.
+    pub const TSC_KHZ_LEAF: u32 = 0x4000_0010;
+    /// The base of the hypervisor CPUID range; EAX holds the highest leaf.
+    pub const HYPERVISOR_BASE_LEAF: u32 = 0x4000_0000;
+}
