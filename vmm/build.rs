@@ -14,7 +14,9 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir.parent().expect("vmm/ sits in the workspace root");
+    let workspace = manifest_dir
+        .parent()
+        .expect("vmm/ sits in the workspace root");
     let guest_dir = workspace.join("guest-kernel");
 
     println!("cargo:rerun-if-changed={}", guest_dir.display());
@@ -32,7 +34,14 @@ fn main() {
 
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "-p", "guest-kernel", "--bin", "guest-kernel"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-kernel",
+            "--bin",
+            "guest-kernel",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
@@ -51,7 +60,9 @@ fn main() {
         cmd.env_remove(var);
     }
 
-    let status = cmd.status().expect("failed to run cargo for the guest kernel");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the guest kernel");
     if !status.success() {
         panic!("building the guest kernel failed ({status})");
     }
