@@ -232,16 +232,23 @@ impl QmpRequestReceiver {
     }
 
     /// Clears the EventFd, then answers every queued request with `backend`.
-    /// Returns how many were handled.
+    /// Returns how many were handled; [`BackendError::Closed`] only when the
+    /// server is gone and there was nothing left to handle.
     pub fn process(&self, backend: &mut dyn QmpBackend) -> Result<usize> {
         self.clear_wakeup();
         let mut handled = 0;
-        while let Some(PendingRequest { request, responder }) = self.try_recv()? {
-            log::debug!("qmp: handling {}", request.name());
-            responder.respond(request.dispatch(backend));
-            handled += 1;
+        loop {
+            match self.try_recv() {
+                Ok(Some(PendingRequest { request, responder })) => {
+                    log::debug!("qmp: handling {}", request.name());
+                    responder.respond(request.dispatch(backend));
+                    handled += 1;
+                }
+                Ok(None) => return Ok(handled),
+                Err(e) if handled == 0 => return Err(e),
+                Err(_) => return Ok(handled),
+            }
         }
-        Ok(handled)
     }
 
     /// Blocks until the EventFd is readable or `timeout` passes; true when

@@ -9,7 +9,8 @@
 //!
 //! Resynchronisation rules (ours, documented because QEMU's lexer differs in
 //! detail): an object or array ends where its brackets balance, whatever its
-//! contents; a top-level string ends at its closing quote; any other
+//! contents, or right after the first closer that doesn't match its opener
+//! (`{"a": [}` is one bad frame, not the start of a longer one); a top-level string ends at its closing quote; any other
 //! top-level token (a number, a literal, garbage) ends before the next
 //! whitespace or structural character; a stray `}` or `]` is a frame of its
 //! own. Everything but a complete object is then an error for the caller.
@@ -50,7 +51,8 @@ pub struct Framer {
     /// Start of the value being scanned (meaningful unless idle).
     start: usize,
     token: Token,
-    depth: usize,
+    /// Open brackets of the current container, innermost last.
+    open: Vec<u8>,
     in_string: bool,
     escaped: bool,
     limit: usize,
@@ -70,7 +72,7 @@ impl Framer {
             pos: 0,
             start: 0,
             token: Token::Idle,
-            depth: 0,
+            open: Vec::new(),
             in_string: false,
             escaped: false,
             limit,
@@ -97,7 +99,7 @@ impl Framer {
                         self.start = self.pos;
                         self.token = match byte {
                             b'{' | b'[' => {
-                                self.depth = 1;
+                                self.open.push(byte);
                                 Token::Container
                             }
                             b'"' => {
@@ -125,14 +127,19 @@ impl Framer {
                     }
                 }
                 Token::Container => {
+                    let mut complete = false;
                     match byte {
                         b'"' => self.in_string = true,
-                        b'{' | b'[' => self.depth += 1,
-                        b'}' | b']' => self.depth -= 1,
+                        b'{' | b'[' => self.open.push(byte),
+                        b'}' | b']' => {
+                            let opener = if byte == b'}' { b'{' } else { b'[' };
+                            // A mismatched closer ends the (bad) frame here.
+                            complete = self.open.pop() != Some(opener) || self.open.is_empty();
+                        }
                         _ => {}
                     }
                     self.pos += 1;
-                    if self.depth == 0 {
+                    if complete {
                         return Some(Ok(self.take_frame()));
                     }
                 }
@@ -176,7 +183,7 @@ impl Framer {
         self.pos = 0;
         self.start = 0;
         self.token = Token::Idle;
-        self.depth = 0;
+        self.open.clear();
         self.in_string = false;
         self.escaped = false;
         frame
@@ -236,6 +243,13 @@ mod tests {
         let mut f = Framer::default();
         f.push(b"}] abc{\"a\":1}, :\n");
         assert_eq!(frames(&mut f), ["}", "]", "abc", "{\"a\":1}", ",", ":"]);
+    }
+
+    #[test]
+    fn a_mismatched_closer_ends_the_frame() {
+        let mut f = Framer::default();
+        f.push(b"{\"a\": [}\n{\"b\": {]}\n[{}]\n");
+        assert_eq!(frames(&mut f), ["{\"a\": [}", "{\"b\": {]", "}", "[{}]"]);
     }
 
     #[test]

@@ -329,9 +329,10 @@ fn start_client(
     }
     let sender = sender.try_clone()?;
     let version = shared.version.clone();
+    let clients = shared.clients.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("qmp-read-{id}"))
-        .spawn(move || read_loop(stream, &reader_handle, &sender, version));
+        .spawn(move || read_loop(stream, &reader_handle, &clients, &sender, version));
     if let Err(e) = spawned {
         // The writer is running: stop it through the registry's handle.
         if let Some(client) = shared.clients.lock().iter().find(|c| c.id == id) {
@@ -347,6 +348,7 @@ fn start_client(
 fn read_loop(
     mut stream: UnixStream,
     handle: &ClientHandle,
+    clients: &ClientRegistry,
     sender: &RequestSender,
     version: VersionInfo,
 ) {
@@ -368,11 +370,21 @@ fn read_loop(
             match frame {
                 Ok(frame) => {
                     let reply = session.handle(&frame, |request| sender.call(request));
-                    if !handle.push(Outgoing::Message(reply.bytes.into())) {
-                        break 'connection;
-                    }
-                    if reply.negotiated {
+                    let message = Outgoing::Message(reply.bytes.into());
+                    let queued = if reply.negotiated {
+                        // Under the registry lock, which emitters hold while
+                        // queueing: no event can slip in before this reply
+                        // (qemu.qmp requires the reply to come first), and
+                        // none emitted after it is missed.
+                        let _clients = clients.lock();
+                        let queued = handle.push(message);
                         handle.negotiated.store(true, Ordering::Release);
+                        queued
+                    } else {
+                        handle.push(message)
+                    };
+                    if !queued {
+                        break 'connection;
                     }
                 }
                 Err(FramingError::TooLarge { limit }) => {
