@@ -181,3 +181,34 @@ fn dropping_the_server_flushes_replies_then_closes() {
     assert!(rest[49].contains("\"n\":49"), "{}", rest[49]);
     assert!(vmm.stop().unwrap().quit_requested);
 }
+
+#[test]
+fn clients_beyond_the_limit_are_refused_with_an_error() {
+    let s = StubServer::start();
+    let mut clients: Vec<RawClient> = (0..qmp::MAX_CLIENTS).map(|_| s.client()).collect();
+    let mut extra = RawClient::connect(&s.path());
+    let refusal = extra.read();
+    assert_eq!(refusal["error"]["class"], "GenericError", "{refusal}");
+    assert!(refusal["error"]["desc"]
+        .as_str()
+        .unwrap()
+        .contains("too many"));
+    assert_eq!(extra.line(), None);
+    // The admitted ones all work; when one leaves, a new client gets in.
+    for c in &mut clients {
+        assert_eq!(c.execute("query-status", None)["running"], true);
+    }
+    let mut leaving = clients.pop().unwrap();
+    leaving.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(leaving.line(), None);
+    // The server notices the departure asynchronously: retry until admitted.
+    let deadline = std::time::Instant::now() + common::READ_TIMEOUT;
+    loop {
+        let mut c = RawClient::connect(&s.path());
+        if c.read().get("QMP").is_some() {
+            c.negotiate();
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never admitted again");
+    }
+}
