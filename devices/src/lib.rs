@@ -7,6 +7,7 @@
 //! of the `vmm` crate.
 
 pub mod bus;
+pub mod pvpanic;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};
 
@@ -21,6 +22,13 @@ pub enum VmEvent {
     /// The guest asked for a reset (0xCF9, i8042 or ACPI RESET_REG).
     Reset {
         /// The vCPU that wrote the request.
+        vcpu: VcpuId,
+    },
+    /// The guest reported a pvpanic event (one per set and supported bit).
+    Pvpanic {
+        /// What the guest reported.
+        event: pvpanic::PvpanicEvent,
+        /// The vCPU that wrote the register.
         vcpu: VcpuId,
     },
 }

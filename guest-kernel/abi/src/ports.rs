@@ -43,3 +43,10 @@ pub const RESET_VALUE: u8 = 0x06;
 
 /// pvpanic (QEMU docs/specs/pvpanic.rst): one byte-wide register.
 pub const PVPANIC: u16 = 0x505;
+/// pvpanic event bit: the guest panicked (QEMU emits GUEST_PANICKED).
+pub const PVPANIC_PANICKED: u8 = 1 << 0;
+/// pvpanic event bit: a crash kernel is loaded and about to run
+/// (QEMU emits GUEST_CRASHLOADED and keeps the guest running).
+pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+/// pvpanic event bit: the guest is shutting down (QEMU emits GUEST_PVSHUTDOWN).
+pub const PVPANIC_SHUTDOWN: u8 = 1 << 2;
