@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod ports;
+pub mod pv;
 pub mod pvh;
 
 /// The most CPUs the guest kernel brings up. The VMM may create more vCPUs
