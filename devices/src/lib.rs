@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod guest_ram;
+pub mod pv_vmx;
 pub mod pvpanic;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};

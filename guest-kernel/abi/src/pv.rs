@@ -81,7 +81,8 @@ pub const INVALID_READ: u32 = u32::MAX;
 ///   memory not [`VMCS_REVISION`]: VMfail([`error::VMPTRLD_BAD_REVISION`]).
 ///   A VMCS not yet active on this vCPU is loaded from its region (the
 ///   [`VmcsHeader`] format; a count above [`VMCS_MAX_RECORDS`] loads as an
-///   empty VMCS), then cached "in the CPU".
+///   empty VMCS, and records with an invalid or repeated encoding are
+///   skipped), then cached "in the CPU".
 /// - **VMPTRST**: ARG = the current-VMCS pointer, all ones if none.
 /// - **VMCLEAR** (ARG = VMCS GPA): bad address: VMfail([`error::VMCLEAR_INVALID_ADDRESS`]);
 ///   the VMXON region: VMfail([`error::VMCLEAR_VMXON_POINTER`]). If the VMCS
@@ -93,7 +94,8 @@ pub const INVALID_READ: u32 = u32::MAX;
 ///   VMfailInvalid. An encoding with reserved bits set, or a high access to
 ///   a field that is not 64-bit: VMfail([`error::UNSUPPORTED_COMPONENT`]);
 ///   VMWRITE to a read-only-data field: VMfail([`error::VMWRITE_READ_ONLY`]);
-///   a VMCS already holding [`VMCS_MAX_RECORDS`] other fields:
+///   a new field in a VMCS already holding [`VMCS_MAX_FIELDS`] fields
+///   (not counting the VM-instruction error field, which always has room):
 ///   VMfail([`error::UNSUPPORTED_COMPONENT`]). Values are truncated to the
 ///   field's width; a field never written reads as 0. VMREAD puts the value
 ///   in ARG.
@@ -250,8 +252,11 @@ pub mod vmx {
     pub const VMCS_HEADER_SIZE: usize = 16;
     /// Size of [`VmcsRecord`].
     pub const VMCS_RECORD_SIZE: usize = 16;
-    /// Most fields one VMCS holds: as many records as fit in the region.
+    /// Most records a VMCS region holds: as many as fit in 4 KiB.
     pub const VMCS_MAX_RECORDS: usize = (VMCS_REGION_SIZE - VMCS_HEADER_SIZE) / VMCS_RECORD_SIZE;
+    /// Most fields VMWRITE can fill in one VMCS, besides the VM-instruction
+    /// error field (one record is kept for it).
+    pub const VMCS_MAX_FIELDS: usize = VMCS_MAX_RECORDS - 1;
 
     /// The head of a VMCS region as VMCLEAR writes it (all little-endian).
     ///
