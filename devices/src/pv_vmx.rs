@@ -216,7 +216,7 @@ impl VcpuVmx {
     }
 }
 
-/// The pv-VMX device: one [`VcpuVmx`] per vCPU.
+/// The pv-VMX device: one logical processor's VMX state per vCPU.
 pub struct PvVmx {
     vcpus: Vec<VcpuVmx>,
     ram: Arc<dyn GuestRam>,
