@@ -680,6 +680,51 @@ mod tests {
     }
 
     #[test]
+    fn port_blocks_are_disjoint_and_clear_of_the_pc_platform() {
+        use crate::ports::*;
+        let blocks = [
+            (PV_VMX, PV_VMX_LEN),
+            (CRASH_CONTROL, CRASH_CONTROL_LEN),
+            (VMCOREINFO, VMCOREINFO_LEN),
+            (KDUMP, KDUMP_LEN),
+        ];
+        // Ports the platform or QEMU's `pc` machine already uses: COM1, ACPI
+        // PM, reset control, pvpanic, fw_cfg (0x510..=0x51b), PIC, PIT, RTC,
+        // POST, i8042, PCI config.
+        let taken = [
+            (COM1, COM1_LEN),
+            (PM1A_EVT_BLK, PM1A_EVT_LEN),
+            (PM1A_CNT_BLK, PM1A_CNT_LEN),
+            (PM_TMR_BLK, PM_TMR_LEN),
+            (RESET_CONTROL, 1),
+            (PVPANIC, 1),
+            (0x510, 0xc),
+            (0x20, 2),
+            (0xa0, 2),
+            (0x40, 4),
+            (0x60, 5),
+            (0x70, 2),
+            (0x80, 1),
+            (0xcf8, 8),
+        ];
+        let overlap = |(a, al): (u16, u16), (b, bl): (u16, u16)| a < b + bl && b < a + al;
+        for (i, &block) in blocks.iter().enumerate() {
+            assert_eq!(block.0 % 4, 0, "32-bit registers need aligned blocks");
+            for &other in &blocks[i + 1..] {
+                assert!(!overlap(block, other), "{block:x?} overlaps {other:x?}");
+            }
+            for &used in &taken {
+                assert!(!overlap(block, used), "{block:x?} overlaps {used:x?}");
+            }
+        }
+        // The register maps fit their blocks.
+        assert!(ERROR < u64::from(PV_VMX_LEN));
+        assert!(super::crash::VECTOR < u64::from(CRASH_CONTROL_LEN));
+        assert!(super::vmcoreinfo::STATUS < u64::from(VMCOREINFO_LEN));
+        assert!(super::kdump::STATUS < u64::from(KDUMP_LEN));
+    }
+
+    #[test]
     fn magics_are_ascii() {
         assert_eq!(ID_MAGIC.to_le_bytes(), *b"PVMX");
         assert_eq!(super::kdump::ID_MAGIC.to_le_bytes(), *b"KDMP");
