@@ -509,6 +509,29 @@ mod tests {
     }
 
     #[test]
+    fn random_accesses_never_panic() {
+        let mut r = rig(3);
+        r.dev.inject(CrashType::PanicAll, None).unwrap();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let offset = seed % 0x24;
+            let len = (seed >> 8) as usize % 9;
+            let vcpu = (seed >> 16) as u32 % 5;
+            let value = (seed >> 32).to_le_bytes();
+            if seed & (1 << 20) == 0 {
+                r.dev.write(at(offset, vcpu), &value[..len]);
+            } else {
+                let mut buf = vec![0u8; len];
+                r.dev.read(at(offset, vcpu), &mut buf);
+            }
+        }
+        assert!(r.dev.counters().bad_accesses > 1000 && r.dev.counters().delivered <= 3);
+    }
+
+    #[test]
     fn zero_vcpus_is_an_error() {
         let irqs = Arc::new(FakeInterrupts::default());
         let events = Arc::new(Recorder::default());

@@ -480,6 +480,28 @@ mod tests {
     }
 
     #[test]
+    fn random_accesses_never_panic() {
+        let (mut dev, _sink) = device();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let offset = seed % 0x24;
+            let len = (seed >> 8) as usize % 9;
+            let vcpu = (seed >> 16) as u32 % 5;
+            let value = (seed >> 32).to_le_bytes();
+            if seed & (1 << 20) == 0 {
+                dev.write(at(offset, vcpu), &value[..len]);
+            } else {
+                let mut buf = vec![0u8; len];
+                dev.read(at(offset, vcpu), &mut buf);
+            }
+        }
+        assert!(dev.counters().bad_accesses > 1000 && dev.counters().bad_commands > 0);
+    }
+
+    #[test]
     fn reset_clears_reports() {
         let (mut dev, _) = device();
         command(&mut dev, 0, cmd::KEXEC_HANDOVER, 0x1000, 0x2000);

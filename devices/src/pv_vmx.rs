@@ -1156,6 +1156,66 @@ mod tests {
         assert_eq!(r.dev.counters().commands, 2);
     }
 
+    /// xorshift64: deterministic noise for the storm tests.
+    fn noise(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_register_storms_never_panic_or_escape_ram() {
+        let mut r = rig(3);
+        // Scribble on the VMCS regions too, so VMPTRLD parses garbage.
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for gpa in (VMCS_A..VMCS_A + 0x2000).step_by(8) {
+            let word = noise(&mut seed);
+            r.ram.write(gpa, &word.to_le_bytes()).unwrap();
+        }
+        r.ram.write(VMCS_A, &VMCS_REVISION.to_le_bytes()).unwrap();
+        r.ram.write(VMCS_B, &VMCS_REVISION.to_le_bytes()).unwrap();
+        let gpas = [
+            VMXON0,
+            VMCS_A,
+            VMCS_B,
+            0,
+            RAM_SIZE as u64 - 0x1000,
+            u64::MAX,
+        ];
+        for _ in 0..20_000 {
+            let n = noise(&mut seed);
+            let vcpu = (n % 4) as u32;
+            let offset = (n >> 8) % 0x24;
+            match (n >> 16) % 8 {
+                0 => r.set_arg(vcpu, gpas[(n >> 24) as usize % gpas.len()]),
+                1 => r.out(vcpu, FIELD, (n >> 24) as u32 & 0x7fff),
+                2 => r.out(vcpu, COMMAND, (n >> 24) as u32 % 9),
+                3 => {
+                    let len = (n >> 24) as usize % 9;
+                    r.dev.write(at(offset, vcpu), &vec![0xa5; len]);
+                }
+                4 => {
+                    let mut buf = vec![0; (n >> 24) as usize % 9];
+                    r.dev.read(at(offset, vcpu), &mut buf);
+                }
+                5 => r.set_arg(vcpu, noise(&mut seed)),
+                _ => {
+                    let _ = r.inl(vcpu, offset);
+                }
+            }
+        }
+        for state in r.dev.snapshot() {
+            assert!(state.active_vmcs as usize <= MAX_ACTIVE_VMCS);
+            assert_eq!(state.vmcs_loaded, state.current_vmcs.is_some());
+            assert!(!state.vmcs_loaded || state.vmx_on);
+        }
+        let c = r.dev.counters();
+        assert!(c.commands > 1000 && c.bad_accesses > 1000 && c.bad_vcpu_accesses > 0);
+        assert!(c.vmfails > 0 && c.undefined_opcodes > 0 && c.vmcs_lost > 0);
+        assert_eq!(c.writeback_errors, 0);
+    }
+
     #[test]
     fn zero_vcpus_is_an_error() {
         let ram = Arc::new(VecRam::new(0, 0x1000));
