@@ -59,6 +59,12 @@ pub mod note_flags {
     pub const MODEL_NOT_HARDWARE: u32 = 1 << 3;
 }
 
+/// Version of the `VMMVMX` note descriptor [`VmxVcpuState::note_descriptor`]
+/// produces (`guest_abi::elfnote::VMX_NOTE_VERSION` on the vmcore branch).
+pub const VMX_NOTE_VERSION: u32 = 1;
+/// Size of that descriptor (`guest_abi::elfnote::VMX_NOTE_SIZE`).
+pub const VMX_NOTE_SIZE: usize = 40;
+
 /// Errors from creating a pv-VMX device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PvVmxError {
@@ -140,6 +146,23 @@ impl VmxVcpuState {
     /// An address field as the note encodes it (`None` = all ones).
     pub fn note_addr(addr: Option<u64>) -> u64 {
         addr.unwrap_or(NO_VMCS)
+    }
+
+    /// The whole `VMMVMX` note descriptor, version [`VMX_NOTE_VERSION`]:
+    /// version, vcpu, flags, reserved (u32 each), then vmxon_region,
+    /// current_vmcs, last_cleared_vmcs (u64 each), little-endian.
+    pub fn note_descriptor(&self) -> [u8; VMX_NOTE_SIZE] {
+        let mut desc = [0u8; VMX_NOTE_SIZE];
+        let words = [VMX_NOTE_VERSION, self.vcpu, self.note_flags(), 0];
+        for (i, word) in words.into_iter().enumerate() {
+            desc[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        let addrs = [self.vmxon_region, self.current_vmcs, self.last_cleared_vmcs];
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let at = 16 + i * 8;
+            desc[at..at + 8].copy_from_slice(&Self::note_addr(addr).to_le_bytes());
+        }
+        desc
     }
 }
 
@@ -863,6 +886,27 @@ mod tests {
             note_flags::VMCS_FLUSHED | note_flags::MODEL_NOT_HARDWARE
         );
         assert_eq!(r.dev.counters().vmfails, 1);
+    }
+
+    #[test]
+    fn note_descriptor_layout() {
+        let mut r = rig(2);
+        r.run(1, cmd::VMXON, VMXON1);
+        r.run(1, cmd::VMPTRLD, VMCS_B);
+        let desc = r.state(1).note_descriptor();
+        let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap());
+        let u64_at = |at: usize| u64::from_le_bytes(desc[at..at + 8].try_into().unwrap());
+        assert_eq!(u32_at(0), VMX_NOTE_VERSION);
+        assert_eq!(u32_at(4), 1);
+        assert_eq!(
+            u32_at(8),
+            0b1011,
+            "VMX_ON | VMCS_LOADED | MODEL_NOT_HARDWARE"
+        );
+        assert_eq!(u32_at(12), 0);
+        assert_eq!(u64_at(16), VMXON1);
+        assert_eq!(u64_at(24), VMCS_B);
+        assert_eq!(u64_at(32), u64::MAX, "never cleared");
     }
 
     #[test]

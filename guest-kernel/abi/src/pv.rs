@@ -347,6 +347,10 @@ pub mod crash {
         pub const GUEST_DEFINED: u32 = 0x100;
     }
 
+    // HARDLOCKUP and CONSOLE_LOCKED need a second CPU to panic: the device
+    // interrupts only the target, and the guest picks the CPU that panics
+    // (the target may ACK HELPER_READY once its part is in place).
+
     /// A way to crash, with its code (the [`COMMAND`] value).
     #[repr(u32)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -457,7 +461,8 @@ pub mod crash {
             self.info().name
         }
 
-        /// The type named `name`, ignoring ASCII case.
+        /// The type named `name`, ignoring ASCII case. A host-side helper:
+        /// the guest works with codes ([`CrashType::from_code`]).
         pub fn from_name(name: &str) -> Option<Self> {
             CRASH_TYPES
                 .iter()
