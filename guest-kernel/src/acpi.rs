@@ -168,7 +168,11 @@ pub fn read_table(mem: &dyn PhysMem, addr: u64) -> Result<&[u8]> {
 
 /// Finds the table with `sig` through the XSDT (revision >= 2 with a
 /// non-zero address) or the RSDT. `Ok(None)` if it is not listed.
-pub fn find_table<'m>(mem: &'m dyn PhysMem, rsdp: &Rsdp, sig: &[u8; 4]) -> Result<Option<&'m [u8]>> {
+pub fn find_table<'m>(
+    mem: &'m dyn PhysMem,
+    rsdp: &Rsdp,
+    sig: &[u8; 4],
+) -> Result<Option<&'m [u8]>> {
     let (root, entry_len) = if rsdp.revision >= 2 && rsdp.xsdt != 0 {
         (rsdp.xsdt, 8)
     } else {
@@ -395,14 +399,13 @@ const AML_ONE_OP: u8 = 0x01;
 pub fn find_s5_slp_typ(dsdt: &[u8]) -> Option<u8> {
     let body = dsdt.get(SDT_HEADER_LEN..)?;
     let mut from = 0;
-    while let Some(pos) = body
-        .get(from..)?
-        .windows(4)
-        .position(|w| w == b"_S5_")
-    {
+    while let Some(pos) = body.get(from..)?.windows(4).position(|w| w == b"_S5_") {
         let i = from + pos;
         from = i + 1;
-        let named = match (i.checked_sub(2).and_then(|j| body.get(j)), body.get(i.wrapping_sub(1))) {
+        let named = match (
+            i.checked_sub(2).and_then(|j| body.get(j)),
+            body.get(i.wrapping_sub(1)),
+        ) {
             (_, Some(&AML_NAME_OP)) => true,
             (Some(&AML_NAME_OP), Some(&AML_ROOT_CHAR)) => true,
             _ => false,
@@ -411,7 +414,9 @@ pub fn find_s5_slp_typ(dsdt: &[u8]) -> Option<u8> {
             continue;
         }
         // PkgLength: bits 7:6 of the lead byte count the bytes that follow.
-        let Some(&lead) = body.get(i + 5) else { continue };
+        let Some(&lead) = body.get(i + 5) else {
+            continue;
+        };
         let elems = i + 6 + (lead >> 6) as usize; // NumElements byte
         let value = match body.get(elems + 1) {
             Some(&AML_BYTE_PREFIX) => body.get(elems + 2).copied(),
@@ -548,7 +553,8 @@ mod tests {
         b[at(FADT_DSDT)..at(FADT_DSDT) + 4].copy_from_slice(&dsdt.to_le_bytes());
         b[at(FADT_PM1A_CNT_BLK)..at(FADT_PM1A_CNT_BLK) + 4].copy_from_slice(&pm1a.to_le_bytes());
         if let Some((space, addr, value)) = reset {
-            b[at(FADT_FLAGS)..at(FADT_FLAGS) + 4].copy_from_slice(&FADT_RESET_REG_SUP.to_le_bytes());
+            b[at(FADT_FLAGS)..at(FADT_FLAGS) + 4]
+                .copy_from_slice(&FADT_RESET_REG_SUP.to_le_bytes());
             b[at(FADT_RESET_REG)] = space;
             b[at(FADT_RESET_REG) + 1] = 8;
             b[at(FADT_RESET_REG) + 4..at(FADT_RESET_REG) + 12].copy_from_slice(&addr.to_le_bytes());
@@ -578,7 +584,11 @@ mod tests {
     fn qemu_like(madt_entries: &[Vec<u8>]) -> Mem {
         let mut m = Mem::new();
         let dsdt = sdt(b"DSDT", 1, &s5_aml(false, &[0x00]));
-        let fadt = sdt(b"FACP", 1, &fadt_body(0x604, 0x7000, 0, Some((1, 0xcf9, 6))));
+        let fadt = sdt(
+            b"FACP",
+            1,
+            &fadt_body(0x604, 0x7000, 0, Some((1, 0xcf9, 6))),
+        );
         let madt = sdt(b"APIC", 1, &madt_body(madt_entries));
         let mut rsdt_body = Vec::new();
         rsdt_body.extend_from_slice(&0x8000u32.to_le_bytes());
@@ -633,7 +643,11 @@ mod tests {
     #[test]
     fn xsdt_is_preferred_for_revision_2() {
         let mut m = qemu_like(&[lapic(0, 0, 1)]);
-        let madt = sdt(b"APIC", 4, &madt_body(&[lapic(0, 5, 1), x2apic(300, 1), x2apic(301, 0)]));
+        let madt = sdt(
+            b"APIC",
+            4,
+            &madt_body(&[lapic(0, 5, 1), x2apic(300, 1), x2apic(301, 0)]),
+        );
         m.put(0x20000, &madt);
         m.put(0x21000, &sdt(b"XSDT", 1, &0x20000u64.to_le_bytes()));
         m.put(0xe0000, &rsdp(2, 0xa000, 0x21000));
@@ -652,7 +666,9 @@ mod tests {
         let r = find_rsdp(&m, 0, 0).unwrap();
         assert_eq!(
             discover(&m, r),
-            Err(AcpiError::BadChecksum { signature: *b"APIC" })
+            Err(AcpiError::BadChecksum {
+                signature: *b"APIC"
+            })
         );
         // A corrupt DSDT only loses \_S5.
         let mut m = qemu_like(&[lapic(0, 0, 1)]);

@@ -212,7 +212,10 @@ mod tests {
         assert_eq!((low >> 47) & 1, 1);
         assert_eq!((low >> 44) & 1, 0, "system descriptor");
         let gdt = percpu_gdt(0x20_0000);
-        assert_eq!(gdt[(TSS_SEL >> 3) as usize], tss_descriptor(0x20_0000, 103)[0]);
+        assert_eq!(
+            gdt[(TSS_SEL >> 3) as usize],
+            tss_descriptor(0x20_0000, 103)[0]
+        );
         assert_eq!(gdt[(KERNEL_CS >> 3) as usize], CODE64);
     }
 

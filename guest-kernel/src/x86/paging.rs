@@ -82,7 +82,14 @@ mod tests {
     #[test]
     fn identity_maps_low_4gib() {
         let t = boot_page_tables(BASE);
-        for va in [0u64, 0x8000, 0x10_0000, 0x1234_5678, 0xbfff_ffff, 0xffff_ffff] {
+        for va in [
+            0u64,
+            0x8000,
+            0x10_0000,
+            0x1234_5678,
+            0xbfff_ffff,
+            0xffff_ffff,
+        ] {
             let (pa, pde) = translate(&t, va).expect("mapped");
             assert_eq!(pa, va);
             assert_ne!(pde & PTE_WRITABLE, 0);
