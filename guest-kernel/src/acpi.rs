@@ -402,14 +402,14 @@ pub fn find_s5_slp_typ(dsdt: &[u8]) -> Option<u8> {
     while let Some(pos) = body.get(from..)?.windows(4).position(|w| w == b"_S5_") {
         let i = from + pos;
         from = i + 1;
-        let named = match (
+        let before = (
             i.checked_sub(2).and_then(|j| body.get(j)),
-            body.get(i.wrapping_sub(1)),
-        ) {
-            (_, Some(&AML_NAME_OP)) => true,
-            (Some(&AML_NAME_OP), Some(&AML_ROOT_CHAR)) => true,
-            _ => false,
-        };
+            i.checked_sub(1).and_then(|j| body.get(j)),
+        );
+        let named = matches!(
+            before,
+            (_, Some(&AML_NAME_OP)) | (Some(&AML_NAME_OP), Some(&AML_ROOT_CHAR))
+        );
         if !named || body.get(i + 4) != Some(&AML_PACKAGE_OP) {
             continue;
         }

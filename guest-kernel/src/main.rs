@@ -27,7 +27,7 @@ fn cpu_init(cpu_nr: usize, apic_id: u32) {
     let pc = percpu::init(cpu_nr, apic_id);
     gdt::load(cpu_nr, pc);
     idt::load();
-    apic::enable();
+    apic::enable(cpu_nr == 0);
 }
 
 fn cpu_online_line(cpu_nr: usize, apic_id: u32) {
@@ -44,6 +44,7 @@ fn cpu_online_line(cpu_nr: usize, apic_id: u32) {
 extern "C" fn kmain(start_info: u64) -> ! {
     let bsp_apic = cpu::apic_id();
     cpu_init(0, bsp_apic);
+    apic::mask_legacy_pic();
     console::init();
     console::line().str("guest-kernel: PVH boot\n");
 

@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::cpu::IA32_APIC_BASE;
+use super::cpu::{Port, IA32_APIC_BASE};
 use super::traps::SPURIOUS_VECTOR;
 use crate::time::Deadline;
 
@@ -12,18 +12,24 @@ pub const DEFAULT_BASE: u64 = 0xfee0_0000;
 static BASE: AtomicU64 = AtomicU64::new(DEFAULT_BASE);
 
 /// Register offsets.
+#[allow(dead_code)] // ID: read by `id()`, kept for the crash path.
 const ID: usize = 0x20;
 const TPR: usize = 0x80;
 const EOI: usize = 0xb0;
 const SVR: usize = 0xf0;
+const LVT_LINT0: usize = 0x350;
+const LVT_LINT1: usize = 0x360;
 const ICR_LOW: usize = 0x300;
 const ICR_HIGH: usize = 0x310;
 
 const SVR_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_DELIVERY_NMI: u32 = 0x400;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
 /// ICR delivery modes and flags (Intel SDM 11.6.1, Linux `apicdef.h`).
+#[allow(dead_code)] // the NMI and fixed-IPI kinds are for issue 4
 pub mod icr {
     /// Fixed delivery of a vector.
     pub const FIXED: u32 = 0x000;
@@ -71,8 +77,10 @@ fn write(offset: usize, value: u32) {
 }
 
 /// Enables the running CPU's LAPIC: global enable in IA32_APIC_BASE,
-/// software enable with the spurious vector, accept all priorities.
-pub fn enable() {
+/// software enable with the spurious vector, accept all priorities. As
+/// Linux does: LINT0 (the 8259's ExtINT) is masked, and LINT1 delivers NMIs
+/// on the boot CPU only.
+pub fn enable(is_bsp: bool) {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; only the global
     // enable bit changes, the base stays.
     unsafe {
@@ -83,9 +91,32 @@ pub fn enable() {
     }
     write(TPR, 0);
     write(SVR, SVR_ENABLE | SPURIOUS_VECTOR as u32);
+    write(LVT_LINT0, LVT_MASKED);
+    write(
+        LVT_LINT1,
+        if is_bsp {
+            LVT_DELIVERY_NMI
+        } else {
+            LVT_DELIVERY_NMI | LVT_MASKED
+        },
+    );
+}
+
+/// Masks every line of both 8259 PICs: interrupts come through the LAPIC
+/// only. (The BIOS leaves the PIT's IRQ 0 on vector 8, which would look
+/// like a double fault.)
+pub fn mask_legacy_pic() {
+    // SAFETY: writing OCW1 (the interrupt mask) of the master and slave PIC
+    // only masks their inputs.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
 }
 
 /// The running CPU's APIC ID as the LAPIC reports it.
+// Used by the panic/crash-injection work (issue 4).
+#[allow(dead_code)]
 pub fn id() -> u32 {
     read(ID) >> 24
 }

@@ -136,6 +136,7 @@ impl Msr {
 }
 
 /// CPUID registers.
+#[allow(dead_code)] // every register is part of the result
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuidResult {
     pub eax: u32,

@@ -106,6 +106,8 @@ trap_common:
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// What an NMI handler did with the NMI.
+// Used by the panic/crash-injection work (issue 4).
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NmiAction {
     /// It was this handler's NMI.
@@ -121,6 +123,8 @@ pub type NmiHandler = fn(&mut TrapFrame, usize) -> NmiAction;
 pub type UnknownNmiHook = fn(&mut TrapFrame, usize);
 
 /// Why an NMI handler could not be registered.
+// Used by the panic/crash-injection work (issue 4).
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrapError {
     /// All handler slots are taken.
@@ -133,6 +137,8 @@ static UNKNOWN_NMI_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Adds `handler` to the NMI chain (Linux: `register_nmi_handler(NMI_LOCAL)`).
 /// Handlers run in registration order. Safe to call while NMIs arrive.
+// Used by the panic/crash-injection work (issue 4).
+#[allow(dead_code)]
 pub fn register_nmi_handler(handler: NmiHandler) -> Result<(), TrapError> {
     for slot in &NMI_HANDLERS {
         if slot
@@ -146,6 +152,8 @@ pub fn register_nmi_handler(handler: NmiHandler) -> Result<(), TrapError> {
 }
 
 /// Sets the hook for NMIs no handler claims (replacing the log message).
+// Used by the panic/crash-injection work (issue 4).
+#[allow(dead_code)]
 pub fn set_unknown_nmi_hook(hook: UnknownNmiHook) {
     UNKNOWN_NMI_HOOK.store(hook as usize, Ordering::Release);
 }
