@@ -63,7 +63,7 @@ pub fn trampoline_code() -> &'static [u8] {
 //   interrupts off, ebx = hvm_start_info physical address.
 //   Calls kmain(rdi = start_info) on CPU 0's kernel stack; never returns.
 // ap_start32 (from the trampoline): flat 32-bit protected mode, data
-//   segments = KERNEL_DS. Finds its CPU number from its APIC ID in
+//   segments = KERNEL_DS. Finds its CPU number from its LAPIC's ID in
 //   APIC_TO_CPU (filled by the BSP), takes that CPU's kernel stack and calls
 //   ap_main(rdi = cpu). An unknown APIC ID parks the CPU (cli; hlt).
 // enter_long_mode: in esi = argument to keep, ebp = 64-bit continuation.
@@ -141,9 +141,9 @@ bsp_start64:
     ud2
 
 ap_start64:
-    mov $1, %eax
-    cpuid
-    shr $24, %ebx                   /* initial APIC ID */
+    mov LAPIC_BASE(%rip), %rax
+    mov 0x20(%rax), %ebx            /* LAPIC ID register */
+    shr $24, %ebx                   /* xAPIC ID */
     lea APIC_TO_CPU(%rip), %rax
     movzbl (%rax,%rbx), %edi        /* CPU number, 0xff if unknown */
     cmp $0xff, %edi

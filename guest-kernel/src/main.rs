@@ -22,12 +22,15 @@ use guest_kernel::MAX_CPUS;
 use arch::{apic, cpu, gdt, idt, percpu};
 use platform::BootInfo;
 
-/// Per-CPU setup every CPU does first: identity (GS), GDT+TSS, IDT, LAPIC.
-fn cpu_init(cpu_nr: usize, apic_id: u32) {
+/// Per-CPU setup every CPU does first: LAPIC, identity (GS), GDT+TSS, IDT.
+/// Returns the CPU's APIC ID.
+fn cpu_init(cpu_nr: usize) -> u32 {
+    apic::enable(cpu_nr == 0);
+    let apic_id = apic::id();
     let pc = percpu::init(cpu_nr, apic_id);
     gdt::load(cpu_nr, pc);
     idt::load();
-    apic::enable(cpu_nr == 0);
+    apic_id
 }
 
 fn cpu_online_line(cpu_nr: usize, apic_id: u32) {
@@ -42,8 +45,7 @@ fn cpu_online_line(cpu_nr: usize, apic_id: u32) {
 /// The boot CPU's Rust entry, from `bsp_start64` (boot.rs).
 #[no_mangle]
 extern "C" fn kmain(start_info: u64) -> ! {
-    let bsp_apic = cpu::apic_id();
-    cpu_init(0, bsp_apic);
+    let bsp_apic = cpu_init(0);
     apic::mask_legacy_pic();
     console::init();
     console::line().str("guest-kernel: PVH boot\n");
@@ -124,8 +126,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
 /// An AP's Rust entry, from `ap_start64` (boot.rs), on its own stack.
 #[no_mangle]
 extern "C" fn ap_main(cpu_nr: usize) -> ! {
-    let apic_id = cpu::apic_id();
-    cpu_init(cpu_nr, apic_id);
+    let apic_id = cpu_init(cpu_nr);
     cpu_online_line(cpu_nr, apic_id);
     smp::mark_online(cpu_nr);
     cpu::idle()

@@ -10,13 +10,16 @@ use guest_abi::ports::{
     PM1A_CNT_BLK, PM1_CNT_SLP_EN, PM1_CNT_SLP_TYP_MASK, PM1_CNT_SLP_TYP_SHIFT, RESET_CONTROL,
     RESET_VALUE, SLP_TYP_S5,
 };
-use guest_kernel::acpi::{Platform, GAS_SYSTEM_IO, GAS_SYSTEM_MEMORY};
+use guest_kernel::acpi::{self, Fadt, Platform, GAS_SYSTEM_IO, GAS_SYSTEM_MEMORY};
 
 use crate::arch::cpu::{cli, hlt, lidt, DescriptorPointer, Port};
+use crate::platform::IdentityMap;
 use crate::time::udelay;
 
-/// PM1a_CNT port (low 16 bits) and SLP_TYPa (bits 16..).
-static PM1A: AtomicU32 = AtomicU32::new(PM1A_CNT_BLK as u32 | ((SLP_TYP_S5 as u32) << 16));
+/// PM1a_CNT port (0: the guest_abi default).
+static PM1A_CNT: AtomicU32 = AtomicU32::new(0);
+/// The DSDT holding `\_S5` (0: none known).
+static DSDT: AtomicU64 = AtomicU64::new(0);
 /// FADT reset register: address, and space << 8 | value in `RESET_INFO`.
 static RESET_ADDR: AtomicU64 = AtomicU64::new(0);
 static RESET_INFO: AtomicU32 = AtomicU32::new(0);
@@ -25,16 +28,10 @@ const RESET_VALID: u32 = 1 << 16;
 /// Records the platform's power registers (call once at boot).
 pub fn configure(platform: &Platform) {
     if let Some(fadt) = platform.fadt {
-        let port = if fadt.pm1a_cnt != 0 && fadt.pm1a_cnt <= 0xffff {
-            fadt.pm1a_cnt
-        } else {
-            PM1A_CNT_BLK as u32
-        };
-        let typ = platform
-            .slp_typ_s5
-            .map(u32::from)
-            .unwrap_or(SLP_TYP_S5 as u32);
-        PM1A.store(port | (typ << 16), Ordering::Relaxed);
+        if fadt.pm1a_cnt <= 0xffff {
+            PM1A_CNT.store(fadt.pm1a_cnt, Ordering::Relaxed);
+        }
+        DSDT.store(fadt.dsdt, Ordering::Relaxed);
         if let Some(r) = fadt.reset {
             RESET_ADDR.store(r.addr, Ordering::Relaxed);
             RESET_INFO.store(
@@ -52,11 +49,27 @@ fn slp_en_value(typ: u16) -> u16 {
 /// Powers the machine off; halts if nothing works.
 pub fn poweroff() -> ! {
     cli();
-    let pm1a = PM1A.load(Ordering::Relaxed);
+    let port = match PM1A_CNT.load(Ordering::Relaxed) {
+        0 => PM1A_CNT_BLK,
+        p => p as u16,
+    };
+    let dsdt = DSDT.load(Ordering::Relaxed);
+    let typ = (dsdt != 0)
+        .then(|| {
+            let fadt = Fadt {
+                pm1a_cnt: port as u32,
+                reset: None,
+                dsdt,
+            };
+            acpi::s5_slp_typ(&IdentityMap, &fadt)
+        })
+        .flatten()
+        .map_or(SLP_TYP_S5, u16::from);
     // SAFETY: writing SLP_TYP|SLP_EN to PM1a_CNT is the ACPI soft-off request;
-    // the machine is meant to stop here.
+    // the machine is meant to stop here. The second write is the documented
+    // fallback of our VMM (guest_abi::ports).
     unsafe {
-        Port::<u16>::new(pm1a as u16).write(slp_en_value((pm1a >> 16) as u16));
+        Port::<u16>::new(port).write(slp_en_value(typ));
         Port::<u16>::new(PM1A_CNT_BLK).write(slp_en_value(SLP_TYP_S5));
     }
     loop {

@@ -9,10 +9,12 @@ use crate::time::Deadline;
 /// The architectural default base, used until the MADT says otherwise.
 pub const DEFAULT_BASE: u64 = 0xfee0_0000;
 
-static BASE: AtomicU64 = AtomicU64::new(DEFAULT_BASE);
+/// The LAPIC's physical (= virtual) base. Exported: `ap_start64` reads the
+/// APIC ID register through it before the AP has a stack.
+#[no_mangle]
+static LAPIC_BASE: AtomicU64 = AtomicU64::new(DEFAULT_BASE);
 
 /// Register offsets.
-#[allow(dead_code)] // ID: read by `id()`, kept for the crash path.
 const ID: usize = 0x20;
 const TPR: usize = 0x80;
 const EOI: usize = 0xb0;
@@ -57,12 +59,12 @@ pub enum ApicError {
 /// Uses the LAPIC at `base` (from the MADT) from now on.
 pub fn set_base(base: u64) {
     if base != 0 {
-        BASE.store(base, Ordering::Relaxed);
+        LAPIC_BASE.store(base, Ordering::Relaxed);
     }
 }
 
 fn reg(offset: usize) -> *mut u32 {
-    (BASE.load(Ordering::Relaxed) as usize + offset) as *mut u32
+    (LAPIC_BASE.load(Ordering::Relaxed) as usize + offset) as *mut u32
 }
 
 fn read(offset: usize) -> u32 {
@@ -114,9 +116,8 @@ pub fn mask_legacy_pic() {
     }
 }
 
-/// The running CPU's APIC ID as the LAPIC reports it.
-// Used by the panic/crash-injection work (issue 4).
-#[allow(dead_code)]
+/// The running CPU's APIC ID from its LAPIC (the ID the MADT lists; KVM
+/// sets it from the vCPU index whatever CPUID says).
 pub fn id() -> u32 {
     read(ID) >> 24
 }

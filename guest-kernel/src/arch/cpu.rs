@@ -14,6 +14,7 @@ pub trait PortValue: Copy {
 }
 
 impl PortValue for u8 {
+    #[inline(always)]
     unsafe fn read_from(port: u16) -> u8 {
         let v: u8;
         // SAFETY: the caller accepts the port's side effects.
@@ -22,6 +23,7 @@ impl PortValue for u8 {
         };
         v
     }
+    #[inline(always)]
     unsafe fn write_to(port: u16, value: u8) {
         // SAFETY: the caller accepts the port's side effects.
         unsafe {
@@ -31,6 +33,7 @@ impl PortValue for u8 {
 }
 
 impl PortValue for u16 {
+    #[inline(always)]
     unsafe fn read_from(port: u16) -> u16 {
         let v: u16;
         // SAFETY: the caller accepts the port's side effects.
@@ -39,6 +42,7 @@ impl PortValue for u16 {
         };
         v
     }
+    #[inline(always)]
     unsafe fn write_to(port: u16, value: u16) {
         // SAFETY: the caller accepts the port's side effects.
         unsafe {
@@ -48,6 +52,7 @@ impl PortValue for u16 {
 }
 
 impl PortValue for u32 {
+    #[inline(always)]
     unsafe fn read_from(port: u16) -> u32 {
         let v: u32;
         // SAFETY: the caller accepts the port's side effects.
@@ -56,6 +61,7 @@ impl PortValue for u32 {
         };
         v
     }
+    #[inline(always)]
     unsafe fn write_to(port: u16, value: u32) {
         // SAFETY: the caller accepts the port's side effects.
         unsafe {
@@ -84,6 +90,7 @@ impl<T: PortValue> Port<T> {
     ///
     /// # Safety
     /// Reading a device register can change device state.
+    #[inline(always)]
     pub unsafe fn read(&self) -> T {
         // SAFETY: forwarded to the caller.
         unsafe { T::read_from(self.port) }
@@ -93,6 +100,7 @@ impl<T: PortValue> Port<T> {
     ///
     /// # Safety
     /// Writing a device register can do anything the device does.
+    #[inline(always)]
     pub unsafe fn write(&self, value: T) {
         // SAFETY: forwarded to the caller.
         unsafe { T::write_to(self.port, value) }
@@ -113,6 +121,7 @@ impl Msr {
     ///
     /// # Safety
     /// The MSR must exist (else #GP).
+    #[inline]
     pub unsafe fn read(self) -> u64 {
         let (lo, hi): (u32, u32);
         // SAFETY: the caller guarantees the MSR exists.
@@ -126,6 +135,7 @@ impl Msr {
     ///
     /// # Safety
     /// The MSR must exist and the value must keep the CPU in a sane state.
+    #[inline]
     pub unsafe fn write(self, value: u64) {
         // SAFETY: the caller vouches for the MSR and value.
         unsafe {
@@ -165,12 +175,8 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     CpuidResult { eax, ebx, ecx, edx }
 }
 
-/// The initial APIC ID of the running CPU (CPUID.1:EBX[31:24]).
-pub fn apic_id() -> u32 {
-    cpuid(1, 0).ebx >> 24
-}
-
 /// Reads the time-stamp counter.
+#[inline]
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the counter.
