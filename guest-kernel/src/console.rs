@@ -10,6 +10,7 @@ use guest_kernel::fmt;
 use guest_kernel::sync::{SpinLock, SpinLockGuard};
 
 use crate::arch::cpu::Port;
+use crate::arch::percpu::current_cpu;
 
 /// 16550 registers (offsets from the base port).
 const THR: u16 = 0; // transmit holding (DLAB=0) / divisor low (DLAB=1)
@@ -94,15 +95,45 @@ pub struct Line<'a> {
 /// Locks the console (spinning) for one line.
 pub fn line() -> Line<'static> {
     Line {
-        uart: CONSOLE.lock(),
+        uart: CONSOLE.lock_as(current_cpu() as u32),
     }
+}
+
+/// Locks the console from a trap handler, which may have interrupted this
+/// very CPU while it held the lock.
+///
+/// For a handler that returns (NMI), that case gives `None`: the message is
+/// dropped rather than spinning forever or corrupting the line in progress.
+/// A handler that never returns (`breaks_lock`) takes the lock over instead,
+/// since the interrupted writer will never run again (Linux's
+/// `bust_spinlocks`).
+pub fn line_in_trap(breaks_lock: bool) -> Option<Line<'static>> {
+    let cpu = current_cpu() as u32;
+    if CONSOLE.owner() == Some(cpu) {
+        if !breaks_lock {
+            return None;
+        }
+        // SAFETY: the holder is this CPU's interrupted context, which this
+        // handler never returns to.
+        unsafe { CONSOLE.force_unlock() };
+        let mut line = Line {
+            uart: CONSOLE.lock_as(cpu),
+        };
+        line.str("\n"); // end the interrupted line
+        return Some(line);
+    }
+    Some(Line {
+        uart: CONSOLE.lock_as(cpu),
+    })
 }
 
 /// Locks the console if it is free (the panic path's `console_trylock`).
 // Used by the panic/crash-injection work (issue 4).
 #[allow(dead_code)]
 pub fn try_line() -> Option<Line<'static>> {
-    CONSOLE.try_lock().map(|uart| Line { uart })
+    CONSOLE
+        .try_lock_as(current_cpu() as u32)
+        .map(|uart| Line { uart })
 }
 
 impl Line<'_> {
@@ -123,6 +154,9 @@ impl Line<'_> {
     pub fn dec(&mut self, v: u64) -> &mut Self {
         self.bytes(fmt::dec(v).as_bytes())
     }
+
+    /// Ends a chain of writes (releasing the console when the line drops).
+    pub fn done(&mut self) {}
 
     /// Writes `v` in hex with a `0x` prefix.
     pub fn hex(&mut self, v: u64) -> &mut Self {

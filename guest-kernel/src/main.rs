@@ -135,7 +135,9 @@ extern "C" fn ap_main(cpu_nr: usize) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     // No core::fmt here: print only the location.
-    let mut line = console::line();
+    let Some(mut line) = console::line_in_trap(true) else {
+        cpu::halt_forever()
+    };
     line.str("Rust panic");
     if let Some(loc) = info.location() {
         line.str(" at ")

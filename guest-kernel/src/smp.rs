@@ -21,6 +21,9 @@ static APIC_TO_CPU: [AtomicU8; 256] = [const { AtomicU8::new(0xff) }; 256];
 
 static ONLINE: AtomicU32 = AtomicU32::new(0);
 
+/// xAPIC ID 0xff is the broadcast address: IDs from here on need x2APIC.
+const XAPIC_BROADCAST: u32 = 0xff;
+
 /// How long the boot CPU waits for all APs (Linux waits up to 10 s per CPU;
 /// a VM answers in microseconds or not at all).
 const AP_BOOT_TIMEOUT_US: u64 = 1_000_000;
@@ -60,8 +63,14 @@ pub fn boot_secondaries(order: &CpuList, trampoline_is_ram: bool) -> Result<u32,
         return Err(SmpError::TrampolineNotRam);
     }
     for (cpu, &apic_id) in order.as_slice().iter().enumerate().take(MAX_CPUS) {
-        if let Some(slot) = APIC_TO_CPU.get(apic_id as usize) {
-            slot.store(cpu as u8, Ordering::Relaxed);
+        match APIC_TO_CPU.get(apic_id as usize) {
+            Some(slot) if apic_id < XAPIC_BROADCAST => slot.store(cpu as u8, Ordering::Relaxed),
+            // Reported as not online below; reaching it needs x2APIC mode.
+            _ => console::line()
+                .str("smp: apic ")
+                .dec(apic_id as u64)
+                .str(" is beyond xAPIC reach; not started\n")
+                .done(),
         }
     }
     let code = trampoline_code();
@@ -74,12 +83,13 @@ pub fn boot_secondaries(order: &CpuList, trampoline_is_ram: bool) -> Result<u32,
     // the ICR writes are uncached MMIO, ordered after them on x86.
 
     let sipi = icr::STARTUP | (TRAMPOLINE_ADDR >> 12) as u32;
-    for &apic_id in aps {
+    let reachable = || aps.iter().copied().filter(|id| *id < XAPIC_BROADCAST);
+    for apic_id in reachable() {
         send(apic_id, icr::INIT | icr::LEVEL | icr::ASSERT);
         send(apic_id, icr::INIT | icr::LEVEL);
     }
     udelay(INIT_TO_SIPI_US);
-    for &apic_id in aps {
+    for apic_id in reachable() {
         send(apic_id, sipi);
     }
     // The second SIPI goes only to APs that have not yet checked in (a CPU
@@ -90,7 +100,7 @@ pub fn boot_secondaries(order: &CpuList, trampoline_is_ram: bool) -> Result<u32,
         core::hint::spin_loop();
     }
     for (cpu, &apic_id) in aps.iter().enumerate() {
-        if percpu(cpu + 1).is_some_and(|pc| !pc.is_online()) {
+        if apic_id < XAPIC_BROADCAST && percpu(cpu + 1).is_some_and(|pc| !pc.is_online()) {
             send(apic_id, sipi);
         }
     }

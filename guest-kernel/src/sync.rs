@@ -2,16 +2,25 @@
 //!
 //! The console lock is one of these. `try_lock` and `force_unlock` exist for
 //! the panic path, which must never wait forever on a lock held by a CPU it
-//! has stopped (Linux's console trylock / `bust_spinlocks`).
+//! has stopped (Linux's console trylock / `bust_spinlocks`). The lock word
+//! records who holds it (`lock_as`), so an NMI or exception handler can tell
+//! that it interrupted its own CPU's critical section instead of spinning
+//! on it forever.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Lock word when free.
+const FREE: u32 = 0;
+/// Owner tag of [`SpinLock::lock`] / [`SpinLock::try_lock`].
+pub const ANONYMOUS: u32 = u32::MAX - 1;
 
 /// A spinlock protecting a `T`.
 #[derive(Debug)]
 pub struct SpinLock<T> {
-    locked: AtomicBool,
+    /// `FREE`, or the holder's tag + 1.
+    state: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -23,18 +32,24 @@ impl<T> SpinLock<T> {
     /// An unlocked lock around `value`.
     pub const fn new(value: T) -> Self {
         Self {
-            locked: AtomicBool::new(false),
+            state: AtomicU32::new(FREE),
             value: UnsafeCell::new(value),
         }
     }
 
     /// Spins until the lock is free, then takes it.
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
+        self.lock_as(ANONYMOUS)
+    }
+
+    /// Spins until the lock is free, then takes it for `owner` (a CPU
+    /// number, below [`ANONYMOUS`]).
+    pub fn lock_as(&self, owner: u32) -> SpinLockGuard<'_, T> {
         loop {
-            if let Some(guard) = self.try_lock() {
+            if let Some(guard) = self.try_lock_as(owner) {
                 return guard;
             }
-            while self.locked.load(Ordering::Relaxed) {
+            while self.is_locked() {
                 core::hint::spin_loop();
             }
         }
@@ -42,15 +57,26 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock if it is free.
     pub fn try_lock(&self) -> Option<SpinLockGuard<'_, T>> {
-        self.locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        self.try_lock_as(ANONYMOUS)
+    }
+
+    /// Takes the lock for `owner` if it is free.
+    pub fn try_lock_as(&self, owner: u32) -> Option<SpinLockGuard<'_, T>> {
+        let tag = owner.min(ANONYMOUS) + 1;
+        self.state
+            .compare_exchange(FREE, tag, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| SpinLockGuard { lock: self })
     }
 
     /// Whether some holder has the lock right now.
     pub fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) != FREE
+    }
+
+    /// The tag of the current holder, if any.
+    pub fn owner(&self) -> Option<u32> {
+        self.state.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Releases the lock without a guard.
@@ -60,7 +86,7 @@ impl<T> SpinLock<T> {
     /// The holder must never touch the value again (for example: it is a CPU
     /// the panic path has stopped for good), or two users race on the `T`.
     pub unsafe fn force_unlock(&self) {
-        self.locked.store(false, Ordering::Release);
+        self.state.store(FREE, Ordering::Release);
     }
 }
 
@@ -88,7 +114,7 @@ impl<T> DerefMut for SpinLockGuard<'_, T> {
 
 impl<T> Drop for SpinLockGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.locked.store(false, Ordering::Release);
+        self.lock.state.store(FREE, Ordering::Release);
     }
 }
 
@@ -106,6 +132,22 @@ mod tests {
         drop(guard);
         assert!(!lock.is_locked());
         assert!(lock.try_lock().is_some());
+    }
+
+    #[test]
+    fn owner_is_recorded() {
+        let lock = SpinLock::new(());
+        assert_eq!(lock.owner(), None);
+        let g = lock.lock_as(3);
+        assert_eq!(lock.owner(), Some(3));
+        assert!(lock.try_lock_as(3).is_none(), "not reentrant");
+        drop(g);
+        assert_eq!(lock.owner(), None);
+        let g = lock.lock();
+        assert_eq!(lock.owner(), Some(ANONYMOUS));
+        drop(g);
+        let _g = lock.lock_as(0);
+        assert_eq!(lock.owner(), Some(0));
     }
 
     #[test]

@@ -183,16 +183,19 @@ fn nmi(frame: &mut TrapFrame, cpu: usize) {
         hook(frame, cpu);
         return;
     }
-    console::line()
-        .str("Uhhuh. NMI received for unknown reason on CPU ")
-        .dec(cpu as u64)
-        .str(".\n");
+    if let Some(mut line) = console::line_in_trap(false) {
+        line.str("Uhhuh. NMI received for unknown reason on CPU ")
+            .dec(cpu as u64)
+            .str(".\n");
+    }
 }
 
 fn exception(frame: &TrapFrame, cpu: usize) -> ! {
     let vector = frame.vector as u8;
-    console::line()
-        .str("exception ")
+    let Some(mut line) = console::line_in_trap(true) else {
+        halt_forever()
+    };
+    line.str("exception ")
         .str(exception_name(vector))
         .str(" (vector ")
         .dec(vector as u64)
@@ -203,6 +206,7 @@ fn exception(frame: &TrapFrame, cpu: usize) -> ! {
         .str(" on CPU ")
         .dec(cpu as u64)
         .str("\n");
+    drop(line);
     // The panic issue turns this into oops -> panic().
     halt_forever()
 }
@@ -217,12 +221,15 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     } else if vector < FIRST_IRQ_VECTOR {
         exception(frame, cpu);
     } else if vector != SPURIOUS_VECTOR {
-        console::line()
-            .str("unexpected interrupt vector ")
-            .dec(vector as u64)
-            .str(" on CPU ")
-            .dec(cpu as u64)
-            .str("\n");
+        // Normal code prints with interrupts on, so this CPU may hold the
+        // console: never spin on our own lock here.
+        if let Some(mut line) = console::line_in_trap(false) {
+            line.str("unexpected interrupt vector ")
+                .dec(vector as u64)
+                .str(" on CPU ")
+                .dec(cpu as u64)
+                .str("\n");
+        }
         apic::eoi();
     }
 }
