@@ -18,7 +18,7 @@ use crate::arch::percpu::KERNEL_STACK_SIZE;
 /// Where the AP trampoline is copied: SIPI vector 0x08. Below 1 MiB, above
 /// where QEMU/SeaBIOS and our VMM put boot data (start_info and memmap at
 /// 0x6000-0x7fff, command line at 0x20000); checked against the memory map.
-pub const TRAMPOLINE_ADDR: u64 = 0x8000;
+pub const TRAMPOLINE_ADDR: u64 = guest_abi::boot::AP_TRAMPOLINE_ADDR;
 
 /// The boot page tables, at the fixed address `layout::PAGE_TABLES`.
 #[repr(C, align(4096))]

@@ -143,7 +143,7 @@ impl BootConfig {
                     Some(n) if n >= 1 && n <= u32::MAX as u64 => cfg.nr_cpus = Some(n as u32),
                     _ => cfg.invalid += 1,
                 }
-            } else if key_eq(p.key, b"post_boot") {
+            } else if key_eq(p.key, guest_abi::boot::POST_BOOT_PARAM.as_bytes()) {
                 match p.value {
                     Some(b"idle") => cfg.post_boot = PostBoot::Idle,
                     Some(b"poweroff") => cfg.post_boot = PostBoot::Poweroff,

@@ -102,7 +102,8 @@ extern "C" fn kmain(start_info: u64) -> ! {
     cpu_online_line(0, bsp_apic);
     smp::mark_online(0);
     let trampoline = boot::TRAMPOLINE_ADDR;
-    let online = match smp::boot_secondaries(&order, boot.is_ram(trampoline, trampoline + 0x1000)) {
+    let trampoline_end = trampoline + guest_abi::boot::AP_TRAMPOLINE_LEN;
+    let online = match smp::boot_secondaries(&order, boot.is_ram(trampoline, trampoline_end)) {
         Ok(n) => n,
         Err(smp::SmpError::TrampolineNotRam) => {
             console::line().str("smp: trampoline page is not RAM; APs not started\n");
@@ -110,7 +111,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
         }
     };
     console::line()
-        .str("CPUs online: ")
+        .str(guest_abi::boot::SUMMARY_PREFIX)
         .dec(online as u64)
         .str("/")
         .dec(order.len() as u64)
