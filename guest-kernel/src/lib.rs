@@ -3,7 +3,7 @@
 //! Everything here is plain logic with no hardware access, so it is unit-tested
 //! on the host (`cargo test -p guest-kernel --lib`) and linked unchanged into
 //! the kernel binary: number formatting, the command-line parser, ACPI table
-//! parsing, the console spinlock, and the encodings of page tables, GDT/TSS/IDT
+//! parsing, memory-map queries, the console spinlock, and the encodings of page tables, GDT/TSS/IDT
 //! descriptors and the trap frame.
 //!
 //! The kernel itself (`main.rs` and the modules it declares: `boot`, `arch/`,
@@ -21,6 +21,7 @@
 pub mod acpi;
 pub mod cmdline;
 pub mod fmt;
+pub mod memmap;
 pub mod sync;
 pub mod x86;
 

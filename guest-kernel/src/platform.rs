@@ -1,8 +1,9 @@
 //! Boot information: `hvm_start_info`, the command line, the memory map,
 //! and ACPI tables read through the identity mapping.
 
-use guest_abi::pvh::{HvmMemmapEntry, HvmStartInfo, HVM_START_MAGIC, MEMMAP_TYPE_RAM};
+use guest_abi::pvh::{HvmMemmapEntry, HvmStartInfo, HVM_START_MAGIC};
 use guest_kernel::acpi::{self, AcpiError, PhysMem, Platform};
+use guest_kernel::memmap;
 use guest_kernel::x86::paging::MAPPED_BYTES;
 
 /// Physical memory through the boot identity map (the low 4 GiB).
@@ -60,23 +61,32 @@ impl BootInfo {
         self.info.rsdp_paddr
     }
 
-    /// Whether `[start, end)` lies in one RAM entry of the memory map. Without
-    /// a memory map (start_info version 0) the low 640 KiB are assumed RAM.
+    /// Whether `[start, end)` lies in one RAM entry of the memory map.
     pub fn is_ram(&self, start: u64, end: u64) -> bool {
-        if self.info.version < 1 || self.info.memmap_entries == 0 {
-            return end <= 0xa_0000;
+        // No loader sends more than a few dozen entries; a huge count is junk.
+        const MAX_ENTRIES: usize = 1024;
+        let count = if self.info.version >= 1 {
+            (self.info.memmap_entries as usize).min(MAX_ENTRIES)
+        } else {
+            0
+        };
+        if count == 0 {
+            return memmap::range_is_ram(&[], start, end);
         }
-        let count = self.info.memmap_entries as usize;
         let size = core::mem::size_of::<HvmMemmapEntry>();
         let Some(bytes) = IdentityMap.read(self.info.memmap_paddr, count.saturating_mul(size))
         else {
             return false;
         };
-        bytes.chunks_exact(size).any(|e| {
-            // SAFETY: each chunk is a whole HvmMemmapEntry of plain integers.
-            let e = unsafe { (e.as_ptr() as *const HvmMemmapEntry).read_unaligned() };
-            e.type_ == MEMMAP_TYPE_RAM && e.addr <= start && end <= e.addr.saturating_add(e.size)
-        })
+        if (bytes.as_ptr() as usize) % core::mem::align_of::<HvmMemmapEntry>() != 0 {
+            return false;
+        }
+        // SAFETY: `bytes` holds `count` whole entries (plain integers, any bit
+        // pattern is valid) at a suitably aligned address, and the firmware
+        // does not change the map while the kernel runs.
+        let entries =
+            unsafe { core::slice::from_raw_parts(bytes.as_ptr() as *const HvmMemmapEntry, count) };
+        memmap::range_is_ram(entries, start, end)
     }
 }
 
