@@ -78,14 +78,14 @@ impl BootInfo {
         else {
             return false;
         };
-        if (bytes.as_ptr() as usize) % core::mem::align_of::<HvmMemmapEntry>() != 0 {
+        let first = bytes.as_ptr().cast::<HvmMemmapEntry>();
+        if !first.is_aligned() {
             return false;
         }
         // SAFETY: `bytes` holds `count` whole entries (plain integers, any bit
         // pattern is valid) at a suitably aligned address, and the firmware
         // does not change the map while the kernel runs.
-        let entries =
-            unsafe { core::slice::from_raw_parts(bytes.as_ptr() as *const HvmMemmapEntry, count) };
+        let entries = unsafe { core::slice::from_raw_parts(first, count) };
         memmap::range_is_ram(entries, start, end)
     }
 }
