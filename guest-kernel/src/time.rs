@@ -59,11 +59,11 @@ fn from_cpuid15() -> Option<u64> {
     plausible(r.ecx as u64 * r.ebx as u64 / r.eax as u64 / 1000)
 }
 
+/// The "hypervisor present" bit (CPUID.1:ECX[31]) is not required: a VMM
+/// that passes KVM's supported CPUID through may leave it clear. Bare metal
+/// answers leaf 0x4000_0000 with its highest basic leaf (Intel) or zeros
+/// (AMD), which the range check rejects.
 fn from_hypervisor_leaf() -> Option<u64> {
-    const HYPERVISOR_PRESENT: u32 = 1 << 31;
-    if cpuid(1, 0).ecx & HYPERVISOR_PRESENT == 0 {
-        return None;
-    }
     let max = cpuid(HYPERVISOR_BASE_LEAF, 0).eax;
     if !(TSC_KHZ_LEAF..HYPERVISOR_BASE_LEAF + 0x100).contains(&max) {
         return None;
