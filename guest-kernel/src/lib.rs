@@ -22,6 +22,7 @@ pub mod acpi;
 pub mod cmdline;
 pub mod fmt;
 pub mod memmap;
+pub mod panic_policy;
 pub mod sync;
 pub mod x86;
 
