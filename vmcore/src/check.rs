@@ -151,7 +151,7 @@ pub struct CheckOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestNote {
     /// A valid CORE/NT_PRSTATUS note.
-    Valid(ElfPrstatus),
+    Valid(Box<ElfPrstatus>),
     /// Never written (all-zero buffer, or the guest published no notes).
     Missing(String),
     /// Something is there but it is not a valid note.
@@ -204,7 +204,7 @@ pub fn guest_crash_note(core: &Vmcore, info: Option<&VmcoreInfo>, cpu: u32) -> G
         ));
     }
     match ElfPrstatus::from_bytes(&buf[CRASH_NOTE_PRSTATUS_OFFSET..]) {
-        Some(p) => GuestNote::Valid(p),
+        Some(p) => GuestNote::Valid(Box::new(p)),
         None => GuestNote::Corrupt("short descriptor".into()),
     }
 }

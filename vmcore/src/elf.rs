@@ -107,7 +107,7 @@ pub fn encode_note(out: &mut Vec<u8>, name: &[u8], n_type: u32, desc: &[u8]) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -16,6 +16,14 @@
 //! pages are holes (the file is sparse)
 //! ```
 //!
+//! `p_vaddr` comes from a walk of the 4-level page tables at
+//! [`DumpInput::paging_cr3`]: each physical page gets the lowest virtual
+//! address that maps it, and PT_LOADs split where that mapping stops being
+//! contiguous. Physical ranges no page table maps get `p_vaddr = 0`, QEMU's
+//! convention for "no virtual address"; the reader therefore ignores
+//! `p_vaddr = 0` except on a segment at `p_paddr = 0` (an identity mapping
+//! of low memory looks the same).
+//!
 //! The note layouts and the VMCOREINFO keys the guest publishes are defined
 //! in [`guest_abi::elfnote`].
 

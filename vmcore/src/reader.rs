@@ -136,7 +136,8 @@ impl Note {
 pub struct LoadSegment {
     /// File offset.
     pub offset: u64,
-    /// Virtual address (0: no virtual mapping recorded).
+    /// Virtual address (0: no virtual mapping recorded, unless `paddr` is
+    /// also 0).
     pub vaddr: u64,
     /// Guest physical address.
     pub paddr: u64,
@@ -328,7 +329,11 @@ impl Vmcore {
         }
         let mut by_paddr: Vec<usize> = (0..loads.len()).collect();
         by_paddr.sort_by_key(|&i| loads[i].paddr);
-        let mut by_vaddr: Vec<usize> = (0..loads.len()).filter(|&i| loads[i].vaddr != 0).collect();
+        // p_vaddr 0 means "no virtual mapping" (QEMU's convention), except
+        // for a segment at p_paddr 0: an identity mapping of low memory.
+        let mut by_vaddr: Vec<usize> = (0..loads.len())
+            .filter(|&i| loads[i].vaddr != 0 || loads[i].paddr == 0)
+            .collect();
         by_vaddr.sort_by_key(|&i| loads[i].vaddr);
         Ok(Vmcore {
             src,

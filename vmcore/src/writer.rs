@@ -460,7 +460,7 @@ fn write_to_file(
 /// it cannot be determined (then every page is read).
 fn mincore(data: &[u8]) -> Option<Vec<u8>> {
     let addr = data.as_ptr() as usize;
-    if addr % PAGE != 0 || data.is_empty() {
+    if !addr.is_multiple_of(PAGE) || data.is_empty() {
         return None;
     }
     let pages = data.len().div_ceil(PAGE);
@@ -513,7 +513,7 @@ fn write_sparse(
         let resident = match residency {
             // Only whole pages can be proven untouched; `base + pos` is page
             // aligned because regions and loads start page aligned.
-            Some((res, base)) if (base + pos) % PAGE == 0 => {
+            Some((res, base)) if (base + pos).is_multiple_of(PAGE) => {
                 res.get((base + pos) / PAGE).is_none_or(|&b| b & 1 != 0)
             }
             _ => true,
