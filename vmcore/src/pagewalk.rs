@@ -12,6 +12,10 @@ const PAGE_SIZE_BIT: u64 = 1 << 7;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Most page-table entries one walk examines (all levels together).
 const MAX_VISITS: usize = 1 << 24;
+/// Most (merged) mappings one walk returns.
+const MAX_RUNS: usize = 1 << 20;
+/// Most interval steps spent turning mappings into a physical-to-virtual map.
+const MAX_ASSIGN_STEPS: usize = 1 << 23;
 
 /// A run of virtual addresses mapped to contiguous physical addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +41,11 @@ pub fn walk_page_tables<'a>(cr3: u64, table: &dyn Fn(u64) -> Option<&'a [u8]>) -
     let mut runs: Vec<VirtRun> = Vec::new();
     let mut visits = 0usize;
     walk_level(cr3 & ADDR_MASK, 4, 0, table, &mut runs, &mut visits);
-    if visits >= MAX_VISITS {
-        log::warn!("page walk stopped after {visits} entries: mappings may be incomplete");
+    if visits >= MAX_VISITS || runs.len() >= MAX_RUNS {
+        log::warn!(
+            "page walk stopped after {visits} entries, {} mappings: some PT_LOADs lack p_vaddr",
+            runs.len()
+        );
     }
     runs
 }
@@ -63,7 +70,7 @@ fn walk_level<'a>(
     }
     let shift = 12 + 9 * (level - 1);
     for i in 0..512 {
-        if *visits >= MAX_VISITS {
+        if *visits >= MAX_VISITS || runs.len() >= MAX_RUNS {
             return;
         }
         *visits += 1;
@@ -99,7 +106,12 @@ pub(crate) fn physical_to_virtual(runs: &[VirtRun]) -> BTreeMap<u64, (u64, u64)>
     let mut sorted: Vec<VirtRun> = runs.to_vec();
     sorted.sort_by_key(|r| r.va);
     let mut map: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut steps = 0usize;
     for r in sorted {
+        if steps >= MAX_ASSIGN_STEPS {
+            log::warn!("too many overlapping mappings: some PT_LOADs lack p_vaddr");
+            break;
+        }
         let Some(end) = r.pa.checked_add(r.len) else {
             continue;
         };
@@ -113,6 +125,7 @@ pub(crate) fn physical_to_virtual(runs: &[VirtRun]) -> BTreeMap<u64, (u64, u64)>
         }
         let mut gaps = Vec::new();
         while cur < end {
+            steps += 1;
             match map.range(cur..end).next() {
                 Some((&s, &(e, _))) => {
                     if s > cur {
@@ -182,6 +195,22 @@ mod tests {
         let (&s, &(e, va)) = p2v.range(..=0x20_0000).next_back().expect("mapped");
         assert!(s <= 0x20_0000 && e > 0x20_0000);
         assert_eq!(va + (0x20_0000 - s), 0x20_0000);
+    }
+
+    #[test]
+    fn self_referencing_tables_are_bounded() {
+        // One table whose 512 entries all point at itself: 512^4 leaves.
+        let mut ram = vec![0u8; 0x2000];
+        for i in 0..512 {
+            ram[0x1000 + i * 8..0x1000 + i * 8 + 8].copy_from_slice(&(0x1000u64 | 3).to_le_bytes());
+        }
+        let runs = walk_page_tables(0x1000, &|pa| {
+            let pa = pa as usize;
+            ram.get(pa..pa + 4096)
+        });
+        assert!(runs.len() <= MAX_RUNS);
+        let p2v = physical_to_virtual(&runs);
+        assert_eq!(p2v.len(), 1);
     }
 
     #[test]
