@@ -11,6 +11,7 @@
 
 #![no_std]
 
+pub mod elfnote;
 pub mod ports;
 pub mod pvh;
 
