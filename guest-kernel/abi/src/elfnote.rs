@@ -33,6 +33,8 @@
 //! | [`VMCOREINFO_PANIC_MSG`] `SYMBOL(panic_msg)` | hex | optional: **physical** address of the NUL-terminated panic message |
 //! | [`VMCOREINFO_PANIC_MSG_LEN`] `NUMBER(panic_msg_len)` | decimal | capacity of that buffer |
 //! | [`VMCOREINFO_PANIC_CPU`] `SYMBOL(panic_cpu)` | hex | optional: **physical** address of a u32 holding the panicking CPU, `u32::MAX` if none |
+//! | [`VMCOREINFO_STOP_LOOP_START`] `SYMBOL(stop_loop_start)` | hex | optional: **virtual** start of the code where stopped CPUs halt for good |
+//! | [`VMCOREINFO_STOP_LOOP_END`] `SYMBOL(stop_loop_end)` | hex | its end, **inclusive** (RIP after a final `hlt` may equal it) |
 //!
 //! Physical addresses are given because the guest identity-maps low memory
 //! and the VMM reads guest RAM by GPA; `SYMBOL(...)` values are hex as in
@@ -599,6 +601,10 @@ pub const VMCOREINFO_PANIC_MSG: &str = "SYMBOL(panic_msg)";
 pub const VMCOREINFO_PANIC_MSG_LEN: &str = "NUMBER(panic_msg_len)";
 /// VMCOREINFO key (optional): physical address of the u32 panicking CPU.
 pub const VMCOREINFO_PANIC_CPU: &str = "SYMBOL(panic_cpu)";
+/// VMCOREINFO key (optional): virtual start of the stopped-CPU halt loop.
+pub const VMCOREINFO_STOP_LOOP_START: &str = "SYMBOL(stop_loop_start)";
+/// VMCOREINFO key: virtual end of the stopped-CPU halt loop (inclusive).
+pub const VMCOREINFO_STOP_LOOP_END: &str = "SYMBOL(stop_loop_end)";
 /// VMCOREINFO key: kernel release string.
 pub const VMCOREINFO_OSRELEASE: &str = "OSRELEASE";
 /// VMCOREINFO key: page size.
