@@ -1,2 +1,29 @@
 //! Host-testable parts of the guest kernel.
+//!
+//! Everything here is plain logic with no hardware access, so it is unit-tested
+//! on the host (`cargo test -p guest-kernel --lib`) and linked unchanged into
+//! the kernel binary: number formatting, the command-line parser, ACPI table
+//! parsing, memory-map queries, the console spinlock, and the encodings of page tables, GDT/TSS/IDT
+//! descriptors and the trap frame.
+//!
+//! The kernel itself (`main.rs` and the modules it declares: `boot`, `arch/`,
+//! `console`, `platform`, `smp`, `time`, `power`, `mem`) runs at CPL0 and
+//! may not call `core::fmt` or other precompiled SSE-using code (DESIGN.md
+//! section 2). Code in this library follows the same rule: no `core::fmt`,
+//! no `str::from_utf8`, and `get()` instead of indexing so that no panic path
+//! (which would link core's formatting code) is emitted.
+//!
+//! Errors are plain enums with a `&'static str` description rather than
+//! `thiserror` types: a derived `Display` is `core::fmt`, which must not run
+//! here.
 #![cfg_attr(not(test), no_std)]
+
+pub mod acpi;
+pub mod cmdline;
+pub mod fmt;
+pub mod memmap;
+pub mod panic_policy;
+pub mod sync;
+pub mod x86;
+
+pub use guest_abi::MAX_CPUS;

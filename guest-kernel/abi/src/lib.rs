@@ -11,6 +11,7 @@
 
 #![no_std]
 
+pub mod elfnote;
 pub mod ports;
 pub mod pv;
 pub mod pvh;
@@ -30,4 +31,22 @@ pub mod cpuid {
     pub const TSC_KHZ_LEAF: u32 = 0x4000_0010;
     /// The base of the hypervisor CPUID range; EAX holds the highest leaf.
     pub const HYPERVISOR_BASE_LEAF: u32 = 0x4000_0000;
+}
+
+/// The guest kernel's boot contract that the VMM and tests rely on.
+pub mod boot {
+    /// The page the guest copies its AP real-mode trampoline to (SIPI vector
+    /// 0x08). The VMM must list it as RAM in the PVH memmap and put nothing
+    /// there.
+    pub const AP_TRAMPOLINE_ADDR: u64 = 0x8000;
+    /// Length of the trampoline page.
+    pub const AP_TRAMPOLINE_LEN: u64 = 0x1000;
+    /// Serial line each CPU prints: `CPU <n> online (apic <id>)`.
+    pub const CPU_ONLINE_PREFIX: &str = "CPU ";
+    /// Serial line the boot CPU prints once all CPUs are up (or the wait
+    /// timed out): `CPUs online: <online>/<expected>`.
+    pub const SUMMARY_PREFIX: &str = "CPUs online: ";
+    /// Command-line parameter choosing what the boot CPU does after the
+    /// summary line: `post_boot=idle` (default), `poweroff` or `reboot`.
+    pub const POST_BOOT_PARAM: &str = "post_boot";
 }
