@@ -46,24 +46,9 @@ pub const PV_VMX_LEN: u64 = guest_abi::ports::PV_VMX_LEN as u64;
 pub const NO_VMCS: u64 = u64::MAX;
 
 /// Flag bits of the vmcore's `VMMVMX` note, as [`VmxVcpuState::note_flags`]
-/// computes them. They equal `guest_abi::elfnote::vmx_flags` (defined on the
-/// vmcore branch); once both are merged these can become re-exports.
-pub mod note_flags {
-    /// The vCPU is in VMX operation.
-    pub const VMX_ON: u32 = 1 << 0;
-    /// A VMCS is current.
-    pub const VMCS_LOADED: u32 = 1 << 1;
-    /// No VMCS contents are held only "in the CPU" or were lost.
-    pub const VMCS_FLUSHED: u32 = 1 << 2;
-    /// The state comes from this model, not from hardware.
-    pub const MODEL_NOT_HARDWARE: u32 = 1 << 3;
-}
-
-/// Version of the `VMMVMX` note descriptor [`VmxVcpuState::note_descriptor`]
-/// produces (`guest_abi::elfnote::VMX_NOTE_VERSION` on the vmcore branch).
-pub const VMX_NOTE_VERSION: u32 = 1;
-/// Size of that descriptor (`guest_abi::elfnote::VMX_NOTE_SIZE`).
-pub const VMX_NOTE_SIZE: usize = 40;
+/// computes them.
+pub use guest_abi::elfnote::vmx_flags as note_flags;
+pub use guest_abi::elfnote::{VmxStateNote, VMX_NOTE_SIZE, VMX_NOTE_VERSION, VMX_NO_ADDR};
 
 /// Errors from creating a pv-VMX device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -100,10 +85,10 @@ pub struct PvVmxCounters {
 
 /// One vCPU's VMX state as the VMM sees it, for the vmcore `VMMVMX` note.
 ///
-/// Mapping to the note (`guest_abi::elfnote::VmxStateNote`, vmcore branch):
-/// `vcpu` → `vcpu`; [`Self::note_flags`] → `flags`; `vmxon_region`,
-/// `current_vmcs`, `last_cleared_vmcs` → the fields of the same names, with
-/// `None` as `VMX_NO_ADDR` (all ones; [`Self::note_addr`]).
+/// [`Self::note`] gives the vmcore's [`VmxStateNote`]: `vcpu` → `vcpu`;
+/// [`Self::note_flags`] → `flags`; `vmxon_region`, `current_vmcs`,
+/// `last_cleared_vmcs` → the fields of the same names, with `None` as
+/// [`VMX_NO_ADDR`] ([`Self::note_addr`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmxVcpuState {
     /// vCPU index.
@@ -143,26 +128,22 @@ impl VmxVcpuState {
         flags
     }
 
-    /// An address field as the note encodes it (`None` = all ones).
+    /// An address field as the note encodes it (`None` = [`VMX_NO_ADDR`]).
     pub fn note_addr(addr: Option<u64>) -> u64 {
-        addr.unwrap_or(NO_VMCS)
+        addr.unwrap_or(VMX_NO_ADDR)
     }
 
-    /// The whole `VMMVMX` note descriptor, version [`VMX_NOTE_VERSION`]:
-    /// version, vcpu, flags, reserved (u32 each), then vmxon_region,
-    /// current_vmcs, last_cleared_vmcs (u64 each), little-endian.
-    pub fn note_descriptor(&self) -> [u8; VMX_NOTE_SIZE] {
-        let mut desc = [0u8; VMX_NOTE_SIZE];
-        let words = [VMX_NOTE_VERSION, self.vcpu, self.note_flags(), 0];
-        for (i, word) in words.into_iter().enumerate() {
-            desc[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+    /// The `VMMVMX` note descriptor for this vCPU.
+    pub fn note(&self) -> VmxStateNote {
+        VmxStateNote {
+            version: VMX_NOTE_VERSION,
+            vcpu: self.vcpu,
+            flags: self.note_flags(),
+            reserved: 0,
+            vmxon_region: Self::note_addr(self.vmxon_region),
+            current_vmcs: Self::note_addr(self.current_vmcs),
+            last_cleared_vmcs: Self::note_addr(self.last_cleared_vmcs),
         }
-        let addrs = [self.vmxon_region, self.current_vmcs, self.last_cleared_vmcs];
-        for (i, addr) in addrs.into_iter().enumerate() {
-            let at = 16 + i * 8;
-            desc[at..at + 8].copy_from_slice(&Self::note_addr(addr).to_le_bytes());
-        }
-        desc
     }
 }
 
@@ -893,7 +874,9 @@ mod tests {
         let mut r = rig(2);
         r.run(1, cmd::VMXON, VMXON1);
         r.run(1, cmd::VMPTRLD, VMCS_B);
-        let desc = r.state(1).note_descriptor();
+        let note = r.state(1).note();
+        let desc = *note.as_bytes();
+        assert_eq!(VmxStateNote::from_bytes(&desc), Some(note));
         let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(desc[at..at + 8].try_into().unwrap());
         assert_eq!(u32_at(0), VMX_NOTE_VERSION);
