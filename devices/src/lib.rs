@@ -6,7 +6,11 @@
 //! every device unit-testable with fakes, and keeps this crate independent
 //! of the `vmm` crate.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod pm_timer;
+pub mod reset;
+pub mod serial;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};
 
