@@ -1,0 +1,440 @@
+//! [`Vmm`]: builds a VM from a [`VmConfig`] and runs it to its end.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::Kvm;
+use log::{info, warn};
+
+use crate::boot::layout;
+use crate::config::{Kernel, OnReboot, SerialOutput, VmConfig};
+use crate::control::{
+    ControlError, Mailbox, MailboxSink, Message, Notification, RunState, VcpuInfo, VmStatus,
+    VmmHandle,
+};
+use crate::device_manager::SharedWriter;
+use crate::event_loop::{EventLoopError, MailboxSubscriber, SignalSubscriber};
+use crate::vcpu::FaultReporter;
+use crate::vm::{Vm, VmError, VmSpec};
+
+/// The KVM device, overridable for tests of the "no KVM" path.
+pub const KVM_DEVICE_ENV: &str = "VMM_KVM_DEVICE";
+const KVM_DEVICE: &str = "/dev/kvm";
+/// Guest memory must be a whole number of pages.
+const PAGE_SIZE: u64 = 4096;
+
+/// Exit codes of the `vmm` binary.
+pub mod exit_code {
+    /// Poweroff, reboot with `--on-reboot exit`, stop request or signal.
+    pub const SUCCESS: i32 = 0;
+    /// The VMM itself failed while running.
+    pub const VMM_ERROR: i32 = 1;
+    /// Bad input: flags, kernel file, sizes, /dev/kvm.
+    pub const BAD_INPUT: i32 = 2;
+    /// The guest faulted (triple fault, KVM internal error, failed entry).
+    pub const GUEST_FAULT: i32 = 3;
+}
+
+/// Errors creating or running a [`Vmm`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `cpus` is 0.
+    #[error("the VM needs at least 1 vCPU")]
+    NoCpus,
+    /// More vCPUs than KVM supports.
+    #[error("{requested} vCPUs requested, but KVM allows at most {max}")]
+    TooManyCpus {
+        /// Requested count.
+        requested: u32,
+        /// KVM_CAP_MAX_VCPUS.
+        max: usize,
+    },
+    /// Less RAM than the boot layout needs.
+    #[error("memory too small: {memory} bytes (at least {min} needed)")]
+    MemoryTooSmall {
+        /// Requested bytes.
+        memory: u64,
+        /// Minimum.
+        min: u64,
+    },
+    /// RAM size not a multiple of the page size.
+    #[error("memory size {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(u64),
+    /// /dev/kvm missing or not accessible.
+    #[error("cannot open {path}")]
+    KvmOpen {
+        /// The device path.
+        path: String,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The kernel file could not be read.
+    #[error("cannot read kernel {path}")]
+    KernelRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial output file could not be created.
+    #[error("cannot create serial output file {path}")]
+    SerialOpen {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building or driving the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// The mailbox EventFd could not be created.
+    #[error("creating the control eventfd failed")]
+    Mailbox(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The `vmm` binary's exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NoCpus
+            | Error::TooManyCpus { .. }
+            | Error::MemoryTooSmall { .. }
+            | Error::MemoryUnaligned(_)
+            | Error::KvmOpen { .. }
+            | Error::KernelRead { .. }
+            | Error::SerialOpen { .. }
+            | Error::Vm(VmError::Boot(_)) => exit_code::BAD_INPUT,
+            _ => exit_code::VMM_ERROR,
+        }
+    }
+}
+
+/// Why [`Vmm::run`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest reset, under `OnReboot::Exit`.
+    Reboot,
+    /// [`VmmHandle::stop`], SIGINT or SIGTERM.
+    Stopped,
+    /// A vCPU stopped on a guest fault.
+    GuestFault {
+        /// The vCPU.
+        vcpu: u32,
+        /// What happened.
+        reason: String,
+        /// Guest RIP.
+        rip: u64,
+        /// Guest RSP.
+        rsp: u64,
+        /// Guest CR3.
+        cr3: u64,
+    },
+}
+
+impl ExitReason {
+    /// The `vmm` binary's exit code for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Poweroff | ExitReason::Reboot | ExitReason::Stopped => exit_code::SUCCESS,
+            ExitReason::GuestFault { .. } => exit_code::GUEST_FAULT,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Poweroff => write!(f, "guest powered off"),
+            ExitReason::Reboot => write!(f, "guest rebooted"),
+            ExitReason::Stopped => write!(f, "stopped"),
+            ExitReason::GuestFault {
+                vcpu,
+                reason,
+                rip,
+                rsp,
+                cr3,
+            } => write!(
+                f,
+                "vcpu {vcpu}: {reason} at RIP={rip:#x} RSP={rsp:#x} CR3={cr3:#x}"
+            ),
+        }
+    }
+}
+
+/// A VMM: one VM, rebuilt on guest reset, driven by an event loop.
+pub struct Vmm {
+    kvm: Kvm,
+    kernel: Cow<'static, [u8]>,
+    cpus: u32,
+    memory: u64,
+    cmdline: String,
+    on_reboot: OnReboot,
+    serial: SharedWriter,
+    mailbox: Arc<Mailbox>,
+    signals: Option<SignalSubscriber>,
+    vm: Vm,
+    generation: u64,
+    state: RunState,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("cpus", &self.cpus)
+            .field("memory", &self.memory)
+            .field("vm", &self.vm)
+            .finish()
+    }
+}
+
+fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match out {
+        SerialOutput::Stdio => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => match std::fs::File::create(&path) {
+            Ok(f) => Box::new(f),
+            Err(source) => return Err(Error::SerialOpen { path, source }),
+        },
+        SerialOutput::Null => Box::new(std::io::sink()),
+        SerialOutput::Writer(w) => w,
+    })
+}
+
+fn open_kvm() -> Result<Kvm, Error> {
+    let path = std::env::var(KVM_DEVICE_ENV).unwrap_or_else(|_| KVM_DEVICE.to_string());
+    let c_path = std::ffi::CString::new(path.clone()).map_err(|_| Error::KvmOpen {
+        path: path.clone(),
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    Kvm::new_with_path(&c_path).map_err(|source| Error::KvmOpen { path, source })
+}
+
+impl Vmm {
+    /// Validates `cfg`, opens KVM and builds the VM (loads the kernel, ACPI
+    /// tables, devices, vCPUs). Nothing runs until [`Vmm::run`].
+    pub fn new(cfg: VmConfig) -> Result<Self, Error> {
+        if cfg.cpus == 0 {
+            return Err(Error::NoCpus);
+        }
+        if cfg.memory < layout::MIN_MEMORY {
+            return Err(Error::MemoryTooSmall {
+                memory: cfg.memory,
+                min: layout::MIN_MEMORY,
+            });
+        }
+        if !cfg.memory.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::MemoryUnaligned(cfg.memory));
+        }
+        let kernel: Cow<'static, [u8]> = match cfg.kernel {
+            Kernel::Embedded => Cow::Borrowed(crate::GUEST_KERNEL),
+            Kernel::Path(path) => match std::fs::read(&path) {
+                Ok(bytes) => Cow::Owned(bytes),
+                Err(source) => return Err(Error::KernelRead { path, source }),
+            },
+        };
+        let kvm = open_kvm()?;
+        let max = kvm.get_max_vcpus();
+        if cfg.cpus as usize > max {
+            return Err(Error::TooManyCpus {
+                requested: cfg.cpus,
+                max,
+            });
+        }
+        let serial = SharedWriter(Arc::new(Mutex::new(serial_writer(cfg.serial)?)));
+        let mailbox = Arc::new(Mailbox::new().map_err(Error::Mailbox)?);
+        let spec = VmSpec {
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            kernel: &kernel,
+            cmdline: &cfg.cmdline,
+        };
+        let sink = Arc::new(MailboxSink {
+            mailbox: mailbox.clone(),
+            generation: 0,
+        });
+        let vm = Vm::build(&kvm, spec, sink, serial.clone())?;
+        Ok(Self {
+            kvm,
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            cmdline: cfg.cmdline,
+            on_reboot: cfg.on_reboot,
+            serial,
+            mailbox,
+            signals: None,
+            vm,
+            generation: 0,
+            state: RunState::Running,
+            kernel,
+        })
+    }
+
+    /// A handle for controlling this VMM from other threads.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            mailbox: self.mailbox.clone(),
+        }
+    }
+
+    /// Makes SIGINT/SIGTERM stop the VM cleanly (`ExitReason::Stopped`).
+    /// The signals must already be blocked in every thread
+    /// ([`crate::block_exit_signals`]); the binary does this, library users
+    /// normally do not.
+    pub fn handle_signals(&mut self) -> Result<(), Error> {
+        self.signals = Some(SignalSubscriber::new(self.mailbox.clone())?);
+        Ok(())
+    }
+
+    fn fault_reporter(&self) -> FaultReporter {
+        let mailbox = self.mailbox.clone();
+        let generation = self.generation;
+        Arc::new(move |fault| mailbox.post(Message::Fault { generation, fault }))
+    }
+
+    /// Runs the VM until it powers off, faults, is stopped, or (with
+    /// `OnReboot::Exit`) resets. Callable from any thread.
+    pub fn run(mut self) -> Result<ExitReason, Error> {
+        let result = self.run_loop();
+        self.vm.shutdown();
+        self.mailbox.close();
+        if let Ok(reason) = &result {
+            self.mailbox.notify(&Notification::Shutdown(reason.clone()));
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<ExitReason, Error> {
+        let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
+            .map_err(|e| Error::EventLoop(EventLoopError::Manager(e)))?;
+        manager.add_subscriber(Box::new(MailboxSubscriber(self.mailbox.clone())));
+        if let Some(signals) = self.signals.take() {
+            manager.add_subscriber(Box::new(signals));
+        }
+        self.vm.start(self.fault_reporter())?;
+        loop {
+            manager
+                .run()
+                .map_err(|e| Error::EventLoop(EventLoopError::Manager(e)))?;
+            for msg in self.mailbox.take_all() {
+                if let Some(reason) = self.handle_message(msg)? {
+                    return Ok(reason);
+                }
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: Message) -> Result<Option<ExitReason>, Error> {
+        match msg {
+            Message::Device { generation, .. } | Message::Fault { generation, .. }
+                if generation != self.generation =>
+            {
+                // From a VM incarnation already torn down.
+                Ok(None)
+            }
+            Message::Device { event, .. } => {
+                self.mailbox.notify(&Notification::Guest(event));
+                match event {
+                    devices::VmEvent::Poweroff { .. } => Ok(Some(ExitReason::Poweroff)),
+                    devices::VmEvent::Reset { .. } => self.reset(true),
+                }
+            }
+            Message::Fault { fault, .. } => Ok(Some(ExitReason::GuestFault {
+                vcpu: fault.vcpu,
+                reason: fault.reason,
+                rip: fault.rip,
+                rsp: fault.rsp,
+                cr3: fault.cr3,
+            })),
+            Message::Signal(signo) => {
+                info!("terminating on signal {signo}");
+                Ok(Some(ExitReason::Stopped))
+            }
+            Message::Stop => Ok(Some(ExitReason::Stopped)),
+            Message::Reset => self.reset(false),
+            Message::Pause(reply) => {
+                let result = self
+                    .vm
+                    .pause()
+                    .map_err(|e| ControlError::Failed(e.to_string()));
+                if result.is_ok() {
+                    self.state = RunState::Paused;
+                    self.mailbox.notify(&Notification::Paused);
+                }
+                let _ = reply.send(result);
+                Ok(None)
+            }
+            Message::Resume(reply) => {
+                self.vm.resume();
+                self.state = RunState::Running;
+                self.mailbox.notify(&Notification::Resumed);
+                let _ = reply.send(Ok(()));
+                Ok(None)
+            }
+            Message::InjectNmi(reply) => {
+                self.vm.inject_nmi();
+                let _ = reply.send(Ok(()));
+                Ok(None)
+            }
+            Message::Status(reply) => {
+                let vcpus = self
+                    .vm
+                    .vcpus()
+                    .iter()
+                    .map(|c| VcpuInfo {
+                        id: c.id(),
+                        thread_id: c.thread_id(),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(VmStatus {
+                    state: self.state,
+                    vcpus,
+                    resets: self.generation,
+                }));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A reset: rebuild the VM from the configuration, or end the run.
+    fn reset(&mut self, guest: bool) -> Result<Option<ExitReason>, Error> {
+        if self.on_reboot == OnReboot::Exit {
+            return Ok(Some(ExitReason::Reboot));
+        }
+        info!("reset: rebuilding the VM");
+        self.vm.shutdown();
+        self.generation += 1;
+        let spec = VmSpec {
+            cpus: self.cpus,
+            memory: self.memory,
+            kernel: &self.kernel,
+            cmdline: &self.cmdline,
+        };
+        let sink = Arc::new(MailboxSink {
+            mailbox: self.mailbox.clone(),
+            generation: self.generation,
+        });
+        // The old VM (its threads joined) is dropped when replaced below.
+        let new_vm = Vm::build(&self.kvm, spec, sink, self.serial.clone());
+        let new_vm = match new_vm {
+            Ok(vm) => vm,
+            Err(e) => {
+                warn!("rebuilding the VM failed: {e}");
+                return Err(e.into());
+            }
+        };
+        self.vm = new_vm;
+        self.vm.start(self.fault_reporter())?;
+        self.state = RunState::Running;
+        self.mailbox.notify(&Notification::Reset { guest });
+        Ok(None)
+    }
+}
