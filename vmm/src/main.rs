@@ -40,6 +40,10 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(exit_code::BAD_INPUT as u8);
+            }
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("invalid arguments");
             eprintln!("vmm: error: {}", first.trim_start_matches("error: "));

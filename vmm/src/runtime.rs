@@ -22,6 +22,8 @@ use crate::vm::{Vm, VmError, VmSpec};
 /// The KVM device, overridable for tests of the "no KVM" path.
 pub const KVM_DEVICE_ENV: &str = "VMM_KVM_DEVICE";
 const KVM_DEVICE: &str = "/dev/kvm";
+/// The most vCPUs xAPIC IDs can number (0..=254).
+pub const MAX_XAPIC_CPUS: usize = 255;
 /// Guest memory must be a whole number of pages.
 const PAGE_SIZE: u64 = 4096;
 
@@ -44,11 +46,11 @@ pub enum Error {
     #[error("the VM needs at least 1 vCPU")]
     NoCpus,
     /// More vCPUs than KVM supports.
-    #[error("{requested} vCPUs requested, but KVM allows at most {max}")]
+    #[error("{requested} vCPUs requested, but at most {max} are supported here")]
     TooManyCpus {
         /// Requested count.
         requested: u32,
-        /// KVM_CAP_MAX_VCPUS.
+        /// The lower of KVM_CAP_MAX_VCPUS and [`MAX_XAPIC_CPUS`].
         max: usize,
     },
     /// Less RAM than the boot layout needs.
@@ -242,7 +244,8 @@ impl Vmm {
             },
         };
         let kvm = open_kvm()?;
-        let max = kvm.get_max_vcpus();
+        // The MADT's xAPIC entries have 8-bit APIC IDs, and 0xff is broadcast.
+        let max = kvm.get_max_vcpus().min(MAX_XAPIC_CPUS);
         if cfg.cpus as usize > max {
             return Err(Error::TooManyCpus {
                 requested: cfg.cpus,
@@ -436,5 +439,295 @@ impl Vmm {
         self.state = RunState::Running;
         self.mailbox.notify(&Notification::Reset { guest });
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::pvh::tests::tiny_elf_with_code;
+    use crate::control::Notification;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::Duration;
+
+    const ENTRY: u64 = 0x10_0000;
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// 32-bit code: `out 0x604, ax` with SLP_EN | SLP_TYP_S5, then hlt.
+    fn poweroff_code() -> Vec<u8> {
+        let pm1 = guest_abi::ports::PM1A_CNT_BLK.to_le_bytes();
+        let cnt = (guest_abi::ports::PM1_CNT_SLP_EN
+            | (guest_abi::ports::SLP_TYP_S5 << guest_abi::ports::PM1_CNT_SLP_TYP_SHIFT))
+            .to_le_bytes();
+        vec![
+            0x66, 0xba, pm1[0], pm1[1], // mov dx, PM1A_CNT_BLK
+            0x66, 0xb8, cnt[0], cnt[1], // mov ax, SLP_EN | S5
+            0x66, 0xef, // out dx, ax
+            0xf4, 0xeb, 0xfd, // 1: hlt; jmp 1b
+        ]
+    }
+
+    /// 32-bit code: `out 0xcf9, 0x06`, then hlt.
+    fn reset_code() -> Vec<u8> {
+        let port = guest_abi::ports::RESET_CONTROL.to_le_bytes();
+        vec![
+            0x66,
+            0xba,
+            port[0],
+            port[1], // mov dx, 0xcf9
+            0xb0,
+            guest_abi::ports::RESET_VALUE, // mov al, 6
+            0xee,                          // out dx, al
+            0xf4,
+            0xeb,
+            0xfd,
+        ]
+    }
+
+    /// 32-bit code: write "H\n" to COM1, then halt forever.
+    fn hello_code() -> Vec<u8> {
+        let com1 = guest_abi::ports::COM1.to_le_bytes();
+        vec![
+            0x66, 0xba, com1[0], com1[1], // mov dx, COM1
+            0xb0, b'H', 0xee, // mov al, 'H'; out dx, al
+            0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+            0xf4, 0xeb, 0xfd,
+        ]
+    }
+
+    fn kernel_file(name: &str, code: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}.elf", std::process::id()));
+        std::fs::write(
+            &path,
+            tiny_elf_with_code(ENTRY, 0x1000, Some(ENTRY as u32), code),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Serial output as a channel of bytes.
+    struct ChannelWriter(Sender<u8>);
+    impl Write for ChannelWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for b in buf {
+                let _ = self.0.send(*b);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wait_for_line(rx: &Receiver<u8>, line: &str) {
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(line) {
+            seen.push(rx.recv_timeout(WAIT).expect("serial output in time"));
+        }
+    }
+
+    fn config(name: &str, code: &[u8]) -> VmConfig {
+        VmConfig {
+            kernel: Kernel::Path(kernel_file(name, code)),
+            memory: 16 << 20,
+            ..VmConfig::default()
+        }
+    }
+
+    /// `Vmm::new`, then removes the test kernel file it read.
+    fn new_vmm(cfg: VmConfig) -> Result<Vmm, Error> {
+        let path = match &cfg.kernel {
+            Kernel::Path(p) => Some(p.clone()),
+            Kernel::Embedded => None,
+        };
+        let vmm = Vmm::new(cfg);
+        if let Some(p) = path {
+            let _ = std::fs::remove_file(p);
+        }
+        vmm
+    }
+
+    /// Runs `vmm` on its own thread; returns its result channel.
+    fn spawn(vmm: Vmm) -> Receiver<Result<ExitReason, Error>> {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(vmm.run());
+        });
+        rx
+    }
+
+    #[test]
+    fn guest_poweroff_ends_the_run() {
+        let vmm = new_vmm(VmConfig {
+            cpus: 2,
+            ..config("poweroff", &poweroff_code())
+        })
+        .unwrap();
+        let reason = spawn(vmm).recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(reason, ExitReason::Poweroff);
+        assert_eq!(reason.exit_code(), 0);
+    }
+
+    #[test]
+    fn guest_reset_exits_under_on_reboot_exit() {
+        let vmm = new_vmm(VmConfig {
+            on_reboot: OnReboot::Exit,
+            ..config("reset-exit", &reset_code())
+        })
+        .unwrap();
+        assert_eq!(
+            spawn(vmm).recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Reboot
+        );
+    }
+
+    #[test]
+    fn guest_reset_rebuilds_the_vm_under_restart() {
+        let vmm = new_vmm(config("reset-restart", &reset_code())).unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        let mut resets = 0;
+        while resets < 3 {
+            if let Notification::Reset { guest: true } = events.recv_timeout(WAIT).unwrap() {
+                resets += 1;
+            }
+        }
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn serial_output_and_stop_from_another_thread() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 4,
+            ..config("hello", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+        assert_eq!(handle.pause(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn pause_resume_and_status() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("pause", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.pause().unwrap();
+        let status = handle.status().unwrap();
+        assert_eq!(status.state, RunState::Paused);
+        assert_eq!(status.vcpus.len(), 2);
+        assert!(status.vcpus.iter().all(|v| v.thread_id != 0));
+        handle.resume().unwrap();
+        assert_eq!(handle.status().unwrap().state, RunState::Running);
+        assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Paused);
+        assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Resumed);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn nmi_reaches_the_guest() {
+        // The guest has no IDT, so an NMI escalates to a triple fault: proof
+        // that KVM_NMI was delivered (from the vCPU's own thread).
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("nmi", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.inject_nmi().unwrap();
+        match result.recv_timeout(WAIT).unwrap().unwrap() {
+            ExitReason::GuestFault { vcpu, reason, .. } => {
+                assert_eq!(vcpu, 0);
+                assert!(
+                    reason.contains("triple fault") || reason.contains("internal error"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a guest fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn triple_fault_is_reported_with_registers() {
+        // int3 with no IDT: #GP, #DF, then shutdown.
+        let vmm = new_vmm(config("int3", &[0xcc])).unwrap();
+        let reason = spawn(vmm).recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(reason.exit_code(), exit_code::GUEST_FAULT);
+        let text = reason.to_string();
+        let ExitReason::GuestFault { rip, cr3, .. } = reason else {
+            panic!("expected a guest fault, got {reason:?}");
+        };
+        assert!((ENTRY..ENTRY + 2).contains(&rip), "rip {rip:#x}");
+        assert_eq!(cr3, 0);
+        // A hardware-virtualised host triple-faults; this host's emulating
+        // KVM sometimes gives up earlier with an emulation failure.
+        assert!(
+            text.starts_with("vcpu 0: triple fault")
+                || text.starts_with("vcpu 0: KVM internal error"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("RIP={rip:#x}")), "{text}");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_running() {
+        let e = new_vmm(VmConfig {
+            cpus: 0,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::NoCpus));
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        let e = new_vmm(VmConfig {
+            cpus: 100_000,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::TooManyCpus { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            memory: 1 << 20,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::MemoryTooSmall { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            kernel: Kernel::Path("/nonexistent/kernel".into()),
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::KernelRead { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            memory: 2 << 20,
+            ..config("big", &[0xf4])
+        });
+        assert!(e.is_ok(), "a 4 KiB kernel fits in 2 MiB");
     }
 }

@@ -3,7 +3,10 @@
 
 use std::io::Cursor;
 
-use guest_abi::pvh::{HVM_START_MAGIC, MEMMAP_TYPE_ACPI, MEMMAP_TYPE_RAM, MEMMAP_TYPE_RESERVED};
+use guest_abi::pvh::{
+    HVM_START_MAGIC, MEMMAP_TYPE_ACPI, MEMMAP_TYPE_RAM, MEMMAP_TYPE_RESERVED,
+    XEN_ELFNOTE_PHYS32_ENTRY,
+};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -20,6 +23,7 @@ use super::layout::{
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
 
@@ -88,11 +92,25 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<Segment>> {
         return Err(PvhError::Malformed("unexpected program header size"));
     }
     let mut segments = Vec::new();
+    let mut has_pvh_note = false;
     for i in 0..phnum {
         let ph = phoff
             .checked_add(i * PHDR_SIZE)
             .ok_or(PvhError::Malformed("program header offset overflows"))?;
-        if u32::from_le_bytes(field(elf, ph)?) != PT_LOAD {
+        let p_type = u32::from_le_bytes(field(elf, ph)?);
+        if p_type == PT_NOTE {
+            let offset = u64::from_le_bytes(field(elf, ph + 8)?) as usize;
+            let size = u64::from_le_bytes(field(elf, ph + 32)?) as usize;
+            let notes = offset
+                .checked_add(size)
+                .and_then(|end| elf.get(offset..end))
+                .ok_or(PvhError::Malformed(
+                    "note segment runs past the end of the file",
+                ))?;
+            has_pvh_note |= has_pvh_entry_note(notes);
+            continue;
+        }
+        if p_type != PT_LOAD {
             continue;
         }
         let paddr = u64::from_le_bytes(field(elf, ph + 24)?);
@@ -105,10 +123,34 @@ pub fn load_segments(elf: &[u8]) -> Result<Vec<Segment>> {
             .ok_or(PvhError::Malformed("segment wraps the address space"))?;
         segments.push(Segment { start: paddr, end });
     }
+    if !has_pvh_note {
+        return Err(PvhError::NoPvhNote);
+    }
     if segments.is_empty() {
         return Err(PvhError::Malformed("no loadable segment"));
     }
     Ok(segments)
+}
+
+/// Whether a PT_NOTE segment holds a `"Xen"` note of type
+/// `XEN_ELFNOTE_PHYS32_ENTRY`. Malformed notes end the scan.
+fn has_pvh_entry_note(mut notes: &[u8]) -> bool {
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let word =
+            |i: usize| u32::from_le_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
+        let (namesz, descsz, ty) = (word(0) as usize, word(4) as usize, word(8));
+        let name_end = 12usize.saturating_add(align4(namesz));
+        let end = name_end.saturating_add(align4(descsz));
+        if end > notes.len() {
+            return false;
+        }
+        if ty == XEN_ELFNOTE_PHYS32_ENTRY && notes[12..12 + namesz].starts_with(b"Xen") {
+            return true;
+        }
+        notes = &notes[end..];
+    }
+    false
 }
 
 /// Checks that every segment lies in RAM at or above high memory.
@@ -276,7 +318,7 @@ pub fn bsp_regs(entry: u64) -> kvm_regs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vm_memory::GuestMemoryBackend;
 
@@ -286,6 +328,16 @@ mod tests {
 
     /// A minimal ELF64 with one PT_LOAD at `paddr` and optionally a PVH note.
     pub(crate) fn tiny_elf(paddr: u64, memsz: u64, pvh_entry: Option<u32>) -> Vec<u8> {
+        tiny_elf_with_code(paddr, memsz, pvh_entry, &[0xf4; 16])
+    }
+
+    /// Like [`tiny_elf`], with `code` at the start of the segment.
+    pub(crate) fn tiny_elf_with_code(
+        paddr: u64,
+        memsz: u64,
+        pvh_entry: Option<u32>,
+        code: &[u8],
+    ) -> Vec<u8> {
         let mut note = Vec::new();
         if let Some(entry) = pvh_entry {
             note.extend_from_slice(&4u32.to_le_bytes());
@@ -296,7 +348,6 @@ mod tests {
         }
         let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
         let code_off = 64 + 56 * u64::from(phnum);
-        let code = [0xf4u8; 16]; // hlt
         let note_off = code_off + code.len() as u64;
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(ELF_MAGIC);
@@ -325,7 +376,7 @@ mod tests {
         if pvh_entry.is_some() {
             ph(4, note_off, 0, note.len() as u64, note.len() as u64);
         }
-        elf.extend_from_slice(&code);
+        elf.extend_from_slice(code);
         elf.extend_from_slice(&note);
         elf
     }
@@ -347,6 +398,11 @@ mod tests {
         let elf = tiny_elf(0x10_0000, 0x1000, None);
         let err = load_kernel(&m, &elf, &[(0, 4 << 20)]).unwrap_err();
         assert_eq!(err.to_string(), "kernel has no PVH entry note");
+        // The note is found before the segments are judged.
+        let low = tiny_elf(0, 0x1000, None);
+        assert!(matches!(load_segments(&low), Err(PvhError::NoPvhNote)));
+        assert!(!has_pvh_entry_note(&[0xff; 12]));
+        assert!(!has_pvh_entry_note(&[]));
     }
 
     #[test]
