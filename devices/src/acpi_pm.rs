@@ -1,7 +1,9 @@
 //! ACPI fixed-hardware PM1a registers: the event block and the control block.
 //!
-//! The event block holds PM1_STS (write-1-to-clear) and PM1_EN; no fixed
-//! event is ever raised here, so both are plain storage. The control block
+//! The event block holds PM1_STS (write-1-to-clear) and PM1_EN. The only
+//! fixed event is the power button ([`Pm1EventBlock::press_power_button`],
+//! the VMM's `system_powerdown`): it sets PWRBTN_STS and, when PWRBTN_EN
+//! is set, raises the SCI through an injected trigger. The control block
 //! holds PM1_CNT; writing SLP_EN with SLP_TYP = S5 (the value the DSDT's
 //! `\_S5` package gives) reports [`VmEvent::Poweroff`]. Other sleep states
 //! are not supported: they are ignored and counted.
@@ -12,7 +14,8 @@ use guest_abi::ports::{
     PM1A_CNT_LEN, PM1A_EVT_LEN, PM1_CNT_SLP_EN, PM1_CNT_SLP_TYP_MASK, PM1_CNT_SLP_TYP_SHIFT,
     SLP_TYP_S5,
 };
-use log::{debug, info};
+use log::{debug, info, warn};
+use vm_superio::Trigger;
 
 use crate::bus::{Access, BusDevice};
 use crate::{EventSink, VmEvent};
@@ -21,6 +24,8 @@ use crate::{EventSink, VmEvent};
 const PM1_STS: usize = 0;
 /// PM1_EN offset in the event block.
 const PM1_EN: usize = 2;
+/// PM1_STS / PM1_EN bit 8: the fixed power button.
+pub const PWRBTN: u16 = 1 << 8;
 /// PM1_CNT: SCI_EN, bit 0. There is no SMI_CMD port, so the platform is
 /// always in ACPI mode and this bit reads as set.
 const PM1_CNT_SCI_EN: u16 = 1;
@@ -42,16 +47,29 @@ fn checked_range(regs: usize, offset: u64, len: usize) -> Option<std::ops::Range
 }
 
 /// PM1a_EVT_BLK: PM1_STS then PM1_EN, two bytes each.
-#[derive(Debug, Default)]
-pub struct Pm1EventBlock {
+pub struct Pm1EventBlock<T: Trigger> {
     regs: [u8; PM1A_EVT_LEN as usize],
+    sci: T,
     ignored: u64,
 }
 
-impl Pm1EventBlock {
-    /// All status and enable bits clear.
-    pub fn new() -> Self {
-        Self::default()
+impl<T: Trigger> std::fmt::Debug for Pm1EventBlock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pm1EventBlock")
+            .field("regs", &self.regs)
+            .field("ignored", &self.ignored)
+            .finish()
+    }
+}
+
+impl<T: Trigger> Pm1EventBlock<T> {
+    /// All status and enable bits clear; `sci` raises the SCI.
+    pub fn new(sci: T) -> Self {
+        Self {
+            regs: [0; PM1A_EVT_LEN as usize],
+            sci,
+            ignored: 0,
+        }
     }
 
     /// Accesses dropped because of their width or offset.
@@ -59,13 +77,40 @@ impl Pm1EventBlock {
         self.ignored
     }
 
+    fn reg(&self, offset: usize) -> u16 {
+        u16::from_le_bytes([self.regs[offset], self.regs[offset + 1]])
+    }
+
+    /// The current PM1_STS value.
+    pub fn status(&self) -> u16 {
+        self.reg(PM1_STS)
+    }
+
     /// The current PM1_EN value.
     pub fn enable(&self) -> u16 {
-        u16::from_le_bytes([self.regs[PM1_EN], self.regs[PM1_EN + 1]])
+        self.reg(PM1_EN)
+    }
+
+    /// A press of the fixed power button: sets PWRBTN_STS and raises the
+    /// SCI if the guest enabled it. Returns whether the SCI was raised.
+    pub fn press_power_button(&mut self) -> bool {
+        let status = self.status() | PWRBTN;
+        self.regs[PM1_STS..PM1_EN].copy_from_slice(&status.to_le_bytes());
+        self.raise_sci_if_pending()
+    }
+
+    fn raise_sci_if_pending(&mut self) -> bool {
+        if self.status() & self.enable() == 0 {
+            return false;
+        }
+        if let Err(e) = self.sci.trigger() {
+            warn!("acpi-pm: raising the SCI failed: {e:?}");
+        }
+        true
     }
 }
 
-impl BusDevice for Pm1EventBlock {
+impl<T: Trigger + Send> BusDevice for Pm1EventBlock<T> {
     fn read(&mut self, access: Access, data: &mut [u8]) {
         if !read_le(&self.regs, access.offset, data) {
             self.ignored += 1;
@@ -88,15 +133,20 @@ impl BusDevice for Pm1EventBlock {
             );
             return;
         };
+        let mut enabled_more = false;
         for (i, &byte) in range.zip(data) {
-            if i < PM1_EN {
+            if (PM1_STS..PM1_EN).contains(&i) {
                 // PM1_STS bits are cleared by writing 1.
                 self.regs[i] &= !byte;
             } else {
+                enabled_more |= byte & !self.regs[i] != 0;
                 self.regs[i] = byte;
             }
         }
-        debug_assert_eq!(PM1_STS, 0);
+        // An event enabled while already pending is delivered now.
+        if enabled_more {
+            self.raise_sci_if_pending();
+        }
     }
 }
 
@@ -288,9 +338,41 @@ pub(crate) mod tests {
         assert!(events.0.lock().unwrap().is_empty());
     }
 
+    #[derive(Clone, Default)]
+    struct Sci(Arc<std::sync::atomic::AtomicU32>);
+    impl Trigger for Sci {
+        type E = ();
+        fn trigger(&self) -> Result<(), ()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    impl Sci {
+        fn count(&self) -> u32 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn power_button_raises_the_sci_only_when_enabled() {
+        let sci = Sci::default();
+        let mut dev = Pm1EventBlock::new(sci.clone());
+        assert!(!dev.press_power_button());
+        assert_eq!(dev.status(), PWRBTN);
+        assert_eq!(sci.count(), 0);
+        // Enabling a pending event delivers it.
+        dev.write(at(2, 0), &PWRBTN.to_le_bytes());
+        assert_eq!(sci.count(), 1);
+        // The guest acknowledges by writing 1 to the status bit.
+        dev.write(at(0, 0), &PWRBTN.to_le_bytes());
+        assert_eq!(dev.status(), 0);
+        assert!(dev.press_power_button());
+        assert_eq!(sci.count(), 2);
+    }
+
     #[test]
     fn event_status_is_write_one_to_clear_and_enable_is_storage() {
-        let mut dev = Pm1EventBlock::new();
+        let mut dev = Pm1EventBlock::new(Sci::default());
         dev.regs[0] = 0x31;
         dev.write(at(0, 0), &[0x11, 0, 0x20, 0x01]);
         let mut all = [0u8; 4];
@@ -304,7 +386,7 @@ pub(crate) mod tests {
 
     #[test]
     fn event_garbage_is_counted_never_fatal() {
-        let mut dev = Pm1EventBlock::new();
+        let mut dev = Pm1EventBlock::new(Sci::default());
         dev.write(at(3, 0), &[1, 2]);
         dev.write(at(0, 0), &[1, 2, 3]);
         dev.write(at(0, 0), &[0; 8]);

@@ -103,6 +103,7 @@ pub(crate) enum Message {
     Pause(Sender<Result<(), ControlError>>),
     Resume(Sender<Result<(), ControlError>>),
     InjectNmi(Sender<Result<(), ControlError>>),
+    PowerButton(Sender<Result<bool, ControlError>>),
     Status(Sender<Result<VmStatus, ControlError>>),
 }
 
@@ -210,6 +211,13 @@ impl VmmHandle {
     /// thread. Works on running and paused vCPUs.
     pub fn inject_nmi(&self) -> Result<(), ControlError> {
         self.request(Message::InjectNmi)
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`). Returns
+    /// whether the guest had enabled the power-button event; a guest that
+    /// handles it then powers off through ACPI S5.
+    pub fn power_button(&self) -> Result<bool, ControlError> {
+        self.request(Message::PowerButton)
     }
 
     /// The run state and the vCPUs.

@@ -17,6 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// The i8042 command/status port (only its reset command is emulated).
 pub const I8042_COMMAND: u16 = 0x64;
+/// The ACPI SCI's GSI (ISA IRQ 9, as the FADT's SCI_INT says).
+pub const SCI_GSI: u32 = 9;
 
 /// Errors wiring devices.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Devices {
     pub mmio: Bus,
     /// COM1, for host input.
     pub serial: Arc<Mutex<Serial>>,
+    /// The PM1a event block, for the power button.
+    pub pm1_events: Arc<Mutex<Pm1EventBlock<EventFdTrigger>>>,
 }
 
 /// Creates the legacy devices and registers them: COM1 (irqfd on its
@@ -93,11 +97,11 @@ pub fn create_devices(
     )));
     add(serial.clone(), ports::COM1, ports::COM1_LEN)?;
 
-    add(
-        Arc::new(Mutex::new(Pm1EventBlock::new())),
-        ports::PM1A_EVT_BLK,
-        ports::PM1A_EVT_LEN,
-    )?;
+    let sci = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+    vm.register_irqfd(&sci, SCI_GSI)
+        .map_err(|e| DeviceManagerError::Irqfd(SCI_GSI, e))?;
+    let pm1_events = Arc::new(Mutex::new(Pm1EventBlock::new(EventFdTrigger::new(sci))));
+    add(pm1_events.clone(), ports::PM1A_EVT_BLK, ports::PM1A_EVT_LEN)?;
     add(
         Arc::new(Mutex::new(Pm1ControlBlock::new(events.clone()))),
         ports::PM1A_CNT_BLK,
@@ -124,5 +128,6 @@ pub fn create_devices(
         pio,
         mmio: Bus::new(),
         serial,
+        pm1_events,
     })
 }

@@ -387,6 +387,10 @@ impl Vmm {
                 let _ = reply.send(Ok(()));
                 Ok(None)
             }
+            Message::PowerButton(reply) => {
+                let _ = reply.send(Ok(self.vm.press_power_button()));
+                Ok(None)
+            }
             Message::Status(reply) => {
                 let vcpus = self
                     .vm
@@ -493,6 +497,19 @@ mod tests {
             0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
             0xf4, 0xeb, 0xfd,
         ]
+    }
+
+    /// 32-bit code: enable the PM1 power-button event, then say hello.
+    fn power_button_code() -> Vec<u8> {
+        let pm1_en = (guest_abi::ports::PM1A_EVT_BLK + 2).to_le_bytes();
+        let en = devices::acpi_pm::PWRBTN.to_le_bytes();
+        let mut code = vec![
+            0x66, 0xba, pm1_en[0], pm1_en[1], // mov dx, PM1_EN
+            0x66, 0xb8, en[0], en[1], // mov ax, PWRBTN_EN
+            0x66, 0xef, // out dx, ax
+        ];
+        code.extend(hello_code());
+        code
     }
 
     fn kernel_file(name: &str, code: &[u8]) -> std::path::PathBuf {
@@ -640,8 +657,29 @@ mod tests {
         assert!(status.vcpus.iter().all(|v| v.thread_id != 0));
         handle.resume().unwrap();
         assert_eq!(handle.status().unwrap().state, RunState::Running);
+        // This guest never enables the power-button event.
+        assert_eq!(handle.power_button(), Ok(false));
         assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Paused);
         assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Resumed);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn power_button_is_seen_when_the_guest_enabled_it() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("pwrbtn", &power_button_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        assert_eq!(handle.power_button(), Ok(true));
         handle.stop();
         assert_eq!(
             result.recv_timeout(WAIT).unwrap().unwrap(),

@@ -262,6 +262,16 @@ impl Vm {
         }
     }
 
+    /// Presses the ACPI power button; returns whether the guest had
+    /// enabled its event (so an SCI was raised).
+    pub fn press_power_button(&self) -> bool {
+        self.devices
+            .pm1_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_power_button()
+    }
+
     /// Injects an NMI into every vCPU (each from its own thread).
     pub fn inject_nmi(&self) {
         for c in &self.controls {

@@ -25,7 +25,7 @@ const OEM_TABLE_ID: [u8; 8] = *b"VMMLAB  ";
 const OEM_REVISION: u32 = 1;
 
 /// The SCI's ISA IRQ (level-triggered, active high, as on PIIX4).
-const SCI_IRQ: u8 = 9;
+const SCI_IRQ: u8 = crate::device_manager::SCI_GSI as u8;
 /// The PIT's ISA IRQ, wired to IOAPIC pin 2.
 const PIT_IRQ: u8 = 0;
 const PIT_GSI: u32 = 2;
@@ -189,7 +189,7 @@ fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
         .firmware_ctrl_64(facs_addr)
         .flag(Flags::Wbinvd)
         .flag(Flags::ProcC1)
-        .flag(Flags::PwrButton)
+        // The power button is fixed hardware (PM1 PWRBTN); no sleep button.
         .flag(Flags::SlpButton)
         .flag(Flags::ResetRegSup);
     fadt.sci_int = u16::from(SCI_IRQ).into();
@@ -361,6 +361,7 @@ mod tests {
         let flags = u32_at(fadt, 112);
         assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
         assert_eq!(flags & (1 << 20), 0, "not HW_REDUCED");
+        assert_eq!(flags & (1 << 4), 0, "fixed-hardware power button");
         // RESET_REG: system I/O, byte access, 0xCF9; RESET_VALUE 0x06.
         assert_eq!(fadt[116], 1);
         assert_eq!(u64_at(fadt, 120), u64::from(ports::RESET_CONTROL));
