@@ -512,6 +512,23 @@ mod tests {
         code
     }
 
+    /// 32-bit code: `rep outsb` of "S!" and a newline to COM1, then halt.
+    fn rep_outsb_code() -> Vec<u8> {
+        const TEXT_OFFSET: usize = 32;
+        let text = (ENTRY as u32 + TEXT_OFFSET as u32).to_le_bytes();
+        let com1 = guest_abi::ports::COM1.to_le_bytes();
+        let mut code = vec![
+            0xbe, text[0], text[1], text[2], text[3], // mov esi, text
+            0xb9, 3, 0, 0, 0, // mov ecx, 3
+            0x66, 0xba, com1[0], com1[1], // mov dx, COM1
+            0xf3, 0x6e, // rep outsb
+            0xf4, 0xeb, 0xfd,
+        ];
+        code.resize(TEXT_OFFSET, 0x90);
+        code.extend_from_slice(b"S!\n");
+        code
+    }
+
     fn kernel_file(name: &str, code: &[u8]) -> std::path::PathBuf {
         let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}.elf", std::process::id()));
         std::fs::write(
@@ -635,6 +652,24 @@ mod tests {
             ExitReason::Stopped
         );
         assert_eq!(handle.pause(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn string_port_output_reaches_the_serial() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("rep-outsb", &rep_outsb_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "S!\n");
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
     }
 
     #[test]

@@ -93,24 +93,40 @@ fn count(counter: &AtomicU64) {
 
 /// Dispatches one KVM exit. Unclaimed reads return all-ones and unclaimed
 /// writes are dropped, both counted and logged at debug level.
-pub fn handle_kvm_exit(exit: VcpuExit<'_>, ctx: &ExitContext) -> Result<VcpuEmulation, VcpuError> {
+///
+/// `pio_size` is the element size of a port I/O exit (`kvm_run.io.size`):
+/// string I/O (`rep ins/outs`) arrives as several elements in one exit, and
+/// each is dispatched as its own access to the same port.
+pub fn handle_kvm_exit(
+    exit: VcpuExit<'_>,
+    pio_size: usize,
+    ctx: &ExitContext,
+) -> Result<VcpuEmulation, VcpuError> {
+    let element = |len: usize| {
+        if pio_size == 0 || !len.is_multiple_of(pio_size) {
+            len.max(1)
+        } else {
+            pio_size
+        }
+    };
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !ctx.pio.read(ctx.vcpu, u64::from(port), data) {
-                data.fill(0xff);
-                count(&ctx.stats.unhandled_pio_reads);
-                debug!(
-                    "vcpu {}: unhandled in {port:#x} ({} bytes)",
-                    ctx.vcpu,
-                    data.len()
-                );
+            let size = element(data.len());
+            for chunk in data.chunks_mut(size) {
+                if !ctx.pio.read(ctx.vcpu, u64::from(port), chunk) {
+                    chunk.fill(0xff);
+                    count(&ctx.stats.unhandled_pio_reads);
+                    debug!("vcpu {}: unhandled in {port:#x} ({size} bytes)", ctx.vcpu);
+                }
             }
             Ok(VcpuEmulation::Handled)
         }
         VcpuExit::IoOut(port, data) => {
-            if !ctx.pio.write(ctx.vcpu, u64::from(port), data) {
-                count(&ctx.stats.unhandled_pio_writes);
-                debug!("vcpu {}: unhandled out {port:#x} <- {data:02x?}", ctx.vcpu);
+            for chunk in data.chunks(element(data.len())) {
+                if !ctx.pio.write(ctx.vcpu, u64::from(port), chunk) {
+                    count(&ctx.stats.unhandled_pio_writes);
+                    debug!("vcpu {}: unhandled out {port:#x} <- {chunk:02x?}", ctx.vcpu);
+                }
             }
             Ok(VcpuEmulation::Handled)
         }
@@ -556,6 +572,9 @@ impl Vcpu {
         faults: &FaultReporter,
         immediate_exit: *const AtomicU8,
     ) -> VcpuState {
+        let io_size = std::ptr::from_mut(&mut self.fd.get_kvm_run().__bindgen_anon_1)
+            .cast::<kvm_bindings::kvm_run__bindgen_ty_1__bindgen_ty_4>()
+            .cast_const();
         // Clear the kick before looking at requests, so a request made after
         // this point either is seen below or makes KVM_RUN return at once.
         // SAFETY: points into this thread's own live kvm_run mapping.
@@ -567,7 +586,14 @@ impl Vcpu {
             }
         }
         let result = match self.fd.run() {
-            Ok(exit) => handle_kvm_exit(exit, ctx),
+            Ok(exit) => {
+                // SAFETY: `io_size` points into this vCPU's live kvm_run
+                // mapping; the field is plain bytes, and KVM wrote it before
+                // returning from KVM_RUN. It is only meaningful for I/O
+                // exits, the only ones that use it.
+                let pio_size = usize::from(unsafe { std::ptr::addr_of!((*io_size).size).read() });
+                handle_kvm_exit(exit, pio_size, ctx)
+            }
             Err(e) if e.errno() == libc::EINTR => Ok(VcpuEmulation::Interrupted),
             // An AP's KVM_RUN returns EAGAIN on INIT; it waits for SIPI next.
             Err(e) if e.errno() == libc::EAGAIN => Ok(VcpuEmulation::Handled),
@@ -669,25 +695,44 @@ mod tests {
         let (ctx, rec) = ctx();
         let out = [b'H'];
         assert_eq!(
-            handle_kvm_exit(VcpuExit::IoOut(0x3f8, &out), &ctx).unwrap(),
+            handle_kvm_exit(VcpuExit::IoOut(0x3f8, &out), 1, &ctx).unwrap(),
             VcpuEmulation::Handled
         );
         let mut data = [0u8];
-        handle_kvm_exit(VcpuExit::IoIn(0x3fd, &mut data), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::IoIn(0x3fd, &mut data), 1, &ctx).unwrap();
         assert_eq!(data, [0x47]);
         assert_eq!(rec.lock().unwrap().writes, vec![(0, vec![b'H'], 2)]);
+    }
+
+    #[test]
+    fn string_io_is_dispatched_element_by_element() {
+        let (ctx, rec) = ctx();
+        // rep outsb of "ok" to COM1: two 1-byte writes to the same port.
+        handle_kvm_exit(VcpuExit::IoOut(0x3f8, b"ok"), 1, &ctx).unwrap();
+        assert_eq!(
+            rec.lock().unwrap().writes,
+            vec![(0, vec![b'o'], 2), (0, vec![b'k'], 2)]
+        );
+        // rep insw from an unclaimed port: each word counted.
+        let mut words = [0u8; 6];
+        handle_kvm_exit(VcpuExit::IoIn(0x80, &mut words), 2, &ctx).unwrap();
+        assert_eq!(words, [0xff; 6]);
+        assert_eq!(ctx.stats.unhandled_pio_reads.load(Ordering::Relaxed), 3);
+        // A size that does not divide the data falls back to one access.
+        handle_kvm_exit(VcpuExit::IoOut(0x80, &[1, 2, 3]), 2, &ctx).unwrap();
+        assert_eq!(ctx.stats.unhandled_pio_writes.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn unclaimed_ports_read_all_ones_and_are_counted() {
         let (ctx, rec) = ctx();
         let mut data = [0u8; 4];
-        handle_kvm_exit(VcpuExit::IoIn(0x80, &mut data), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::IoIn(0x80, &mut data), 4, &ctx).unwrap();
         assert_eq!(data, [0xff; 4]);
-        handle_kvm_exit(VcpuExit::IoOut(0x80, &[1]), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::IoOut(0x80, &[1]), 1, &ctx).unwrap();
         // Straddling the end of a device is unclaimed too.
         let mut word = [0u8; 2];
-        handle_kvm_exit(VcpuExit::IoIn(0x3ff, &mut word), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::IoIn(0x3ff, &mut word), 2, &ctx).unwrap();
         assert_eq!(word, [0xff; 2]);
         assert_eq!(ctx.stats.unhandled_pio_reads.load(Ordering::Relaxed), 2);
         assert_eq!(ctx.stats.unhandled_pio_writes.load(Ordering::Relaxed), 1);
@@ -697,13 +742,13 @@ mod tests {
     #[test]
     fn mmio_goes_to_the_bus_and_unclaimed_mmio_is_counted() {
         let (ctx, rec) = ctx();
-        handle_kvm_exit(VcpuExit::MmioWrite(0xd000_0010, &[1, 2, 3, 4]), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::MmioWrite(0xd000_0010, &[1, 2, 3, 4]), 0, &ctx).unwrap();
         let mut data = [0u8; 8];
-        handle_kvm_exit(VcpuExit::MmioRead(0xd000_0001, &mut data), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::MmioRead(0xd000_0001, &mut data), 0, &ctx).unwrap();
         assert_eq!(data, [0x43; 8]);
-        handle_kvm_exit(VcpuExit::MmioRead(0xfed0_0000, &mut data), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::MmioRead(0xfed0_0000, &mut data), 0, &ctx).unwrap();
         assert_eq!(data, [0xff; 8]);
-        handle_kvm_exit(VcpuExit::MmioWrite(0xfed0_0000, &[0]), &ctx).unwrap();
+        handle_kvm_exit(VcpuExit::MmioWrite(0xfed0_0000, &[0]), 0, &ctx).unwrap();
         assert_eq!(
             rec.lock().unwrap().writes,
             vec![(0x10, vec![1, 2, 3, 4], 2)]
@@ -716,23 +761,23 @@ mod tests {
     fn guest_faults_are_errors_not_panics() {
         let (ctx, _) = ctx();
         assert!(matches!(
-            handle_kvm_exit(VcpuExit::Shutdown, &ctx),
+            handle_kvm_exit(VcpuExit::Shutdown, 0, &ctx),
             Err(VcpuError::TripleFault)
         ));
         assert!(matches!(
-            handle_kvm_exit(VcpuExit::InternalError, &ctx),
+            handle_kvm_exit(VcpuExit::InternalError, 0, &ctx),
             Err(VcpuError::InternalError)
         ));
         assert!(matches!(
-            handle_kvm_exit(VcpuExit::FailEntry(0x80, 0), &ctx),
+            handle_kvm_exit(VcpuExit::FailEntry(0x80, 0), 0, &ctx),
             Err(VcpuError::FailEntry(0x80))
         ));
         assert!(matches!(
-            handle_kvm_exit(VcpuExit::Exception, &ctx),
+            handle_kvm_exit(VcpuExit::Exception, 0, &ctx),
             Err(VcpuError::UnexpectedExit(_))
         ));
         assert_eq!(
-            handle_kvm_exit(VcpuExit::Intr, &ctx).unwrap(),
+            handle_kvm_exit(VcpuExit::Intr, 0, &ctx).unwrap(),
             VcpuEmulation::Interrupted
         );
     }
