@@ -24,6 +24,8 @@ pub const KVM_DEVICE_ENV: &str = "VMM_KVM_DEVICE";
 const KVM_DEVICE: &str = "/dev/kvm";
 /// The most vCPUs xAPIC IDs can number (0..=254).
 pub const MAX_XAPIC_CPUS: usize = 255;
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
 /// Guest memory must be a whole number of pages.
 const PAGE_SIZE: u64 = 4096;
 
@@ -73,6 +75,9 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The KVM device path is not a KVM device.
+    #[error("{0} is not a KVM device")]
+    NotKvm(String),
     /// The kernel file could not be read.
     #[error("cannot read kernel {path}")]
     KernelRead {
@@ -111,6 +116,7 @@ impl Error {
             | Error::MemoryTooSmall { .. }
             | Error::MemoryUnaligned(_)
             | Error::KvmOpen { .. }
+            | Error::NotKvm(_)
             | Error::KernelRead { .. }
             | Error::SerialOpen { .. }
             | Error::Vm(VmError::Boot(_)) => exit_code::BAD_INPUT,
@@ -213,11 +219,23 @@ fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
 
 fn open_kvm() -> Result<Kvm, Error> {
     let path = std::env::var(KVM_DEVICE_ENV).unwrap_or_else(|_| KVM_DEVICE.to_string());
-    let c_path = std::ffi::CString::new(path.clone()).map_err(|_| Error::KvmOpen {
-        path: path.clone(),
+    open_kvm_at(&path)
+}
+
+/// Opens `path` and checks that it speaks the KVM API.
+fn open_kvm_at(path: &str) -> Result<Kvm, Error> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| Error::KvmOpen {
+        path: path.to_string(),
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
-    Kvm::new_with_path(&c_path).map_err(|source| Error::KvmOpen { path, source })
+    let kvm = Kvm::new_with_path(&c_path).map_err(|source| Error::KvmOpen {
+        path: path.to_string(),
+        source,
+    })?;
+    if kvm.get_api_version() != KVM_API_VERSION {
+        return Err(Error::NotKvm(path.to_string()));
+    }
+    Ok(kvm)
 }
 
 impl Vmm {
@@ -768,6 +786,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("RIP={rip:#x}")), "{text}");
+    }
+
+    #[test]
+    fn missing_or_wrong_kvm_device_is_bad_input() {
+        let e = open_kvm_at("/nonexistent/kvm").unwrap_err();
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        assert_eq!(e.to_string(), "cannot open /nonexistent/kvm");
+        let e = open_kvm_at("/dev/null").unwrap_err();
+        assert!(matches!(e, Error::NotKvm(_)), "{e}");
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        assert!(open_kvm_at(KVM_DEVICE).is_ok());
     }
 
     #[test]

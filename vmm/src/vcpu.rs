@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use devices::Bus;
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 
 use crate::boot::pvh;
 
@@ -603,7 +603,8 @@ impl Vcpu {
             Ok(_) => VcpuState::Running,
             Err(e) => {
                 let fault = self.describe_fault(&e);
-                error!(
+                // The main loop reports it to the user; this is for logs.
+                info!(
                     "vcpu {}: {} at RIP={:#x} RSP={:#x} CR3={:#x}",
                     fault.vcpu, fault.reason, fault.rip, fault.rsp, fault.cr3
                 );
@@ -634,7 +635,11 @@ impl Vcpu {
             // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so the
             // `internal` member of the union is the one KVM filled.
             let internal = unsafe { run.__bindgen_anon_1.internal };
-            reason = format!("{reason}, suberror {}", internal.suberror);
+            reason = format!(
+                "{reason}, suberror {} ({})",
+                internal.suberror,
+                internal_error_name(internal.suberror)
+            );
         }
         let regs = self.fd.get_regs().unwrap_or_default();
         let sregs = self.fd.get_sregs().unwrap_or_default();
@@ -645,6 +650,17 @@ impl Vcpu {
             rsp: regs.rsp,
             cr3: sregs.cr3,
         }
+    }
+}
+
+/// KVM_INTERNAL_ERROR_* suberror names (linux/kvm.h).
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exception",
+        3 => "event delivery",
+        4 => "unexpected exit reason",
+        _ => "unknown",
     }
 }
 
