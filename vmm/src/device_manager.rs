@@ -48,8 +48,19 @@ impl Write for SharedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = w.write(buf)?;
-        // The guest console is interactive: never hold bytes back.
-        w.flush()?;
+        // The guest console is interactive: never hold bytes back. The
+        // bytes are accepted either way, so a flush error must not make the
+        // caller write them again (vCPU kicks can interrupt it).
+        loop {
+            match w.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("serial output flush failed: {e}");
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
         Ok(n)
     }
 
