@@ -2,13 +2,15 @@
 //! owns its file descriptor: the control mailbox's EventFd and, in the
 //! binary, a signalfd for SIGINT/SIGTERM.
 
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 
 use crate::control::{Mailbox, Message};
+use crate::device_manager::Serial;
 
 /// Errors setting up event sources.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,7 @@ pub enum EventLoopError {
 
 const MAILBOX_TOKEN: u32 = 1;
 const SIGNAL_TOKEN: u32 = 2;
+const INPUT_TOKEN: u32 = 3;
 
 /// Wakes the main loop when a message is posted.
 pub(crate) struct MailboxSubscriber(pub(crate) Arc<Mailbox>);
@@ -126,6 +129,58 @@ impl MutEventSubscriber for SignalSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::with_data(&self.fd, SIGNAL_TOKEN, EventSet::IN)) {
             error!("cannot watch the signalfd: {e:?}");
+        }
+    }
+}
+
+/// The serial device of the current VM incarnation (replaced on reset).
+pub(crate) type SerialSlot = Arc<Mutex<Option<Arc<Mutex<Serial>>>>>;
+
+/// Feeds the VMM's standard input to the guest's COM1.
+pub(crate) struct StdinSubscriber {
+    serial: SerialSlot,
+}
+
+impl StdinSubscriber {
+    pub(crate) fn new(serial: SerialSlot) -> Self {
+        Self { serial }
+    }
+}
+
+impl MutEventSubscriber for StdinSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() != INPUT_TOKEN {
+            return;
+        }
+        // The UART's receive FIFO is small; read no more than it holds.
+        let mut buf = [0u8; 64];
+        match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // EOF or a broken stdin: stop watching it.
+                if let Err(e) = ops.remove(events) {
+                    warn!("cannot stop watching stdin: {e:?}");
+                }
+            }
+            Ok(n) => {
+                let slot = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(serial) = slot.as_ref() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .enqueue_input(&buf[..n]);
+                    if taken < n {
+                        warn!("serial: guest input FIFO full, {} bytes dropped", n - taken);
+                    }
+                }
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let stdin = std::io::stdin();
+        if let Err(e) = ops.add(Events::with_data(&stdin, INPUT_TOKEN, EventSet::IN)) {
+            // A regular file or /dev/null cannot be polled: no input then.
+            log::debug!("not reading stdin: {e:?}");
         }
     }
 }

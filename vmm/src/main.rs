@@ -64,12 +64,16 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(exit_code::BAD_INPUT, &e),
             };
+            let console = matches!(config.serial, vmm::SerialOutput::Stdio);
             let mut vmm = match Vmm::new(config) {
                 Ok(v) => v,
                 Err(e) => return fail(e.exit_code(), &e),
             };
             if let Err(e) = vmm.handle_signals() {
                 return fail(e.exit_code(), &e);
+            }
+            if console {
+                vmm.forward_stdin();
             }
             match vmm.run() {
                 Ok(reason) => {

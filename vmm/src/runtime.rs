@@ -15,7 +15,9 @@ use crate::control::{
     VmmHandle,
 };
 use crate::device_manager::SharedWriter;
-use crate::event_loop::{EventLoopError, MailboxSubscriber, SignalSubscriber};
+use crate::event_loop::{
+    EventLoopError, MailboxSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
+};
 use crate::vcpu::FaultReporter;
 use crate::vm::{Vm, VmError, VmSpec};
 
@@ -190,6 +192,8 @@ pub struct Vmm {
     serial: SharedWriter,
     mailbox: Arc<Mailbox>,
     signals: Option<SignalSubscriber>,
+    stdin: Option<StdinSubscriber>,
+    serial_slot: SerialSlot,
     vm: Vm,
     generation: u64,
     state: RunState,
@@ -292,6 +296,8 @@ impl Vmm {
             serial,
             mailbox,
             signals: None,
+            stdin: None,
+            serial_slot: Arc::new(Mutex::new(Some(vm.serial()))),
             vm,
             generation: 0,
             state: RunState::Running,
@@ -313,6 +319,12 @@ impl Vmm {
     pub fn handle_signals(&mut self) -> Result<(), Error> {
         self.signals = Some(SignalSubscriber::new(self.mailbox.clone())?);
         Ok(())
+    }
+
+    /// Feeds the process's standard input to the guest's COM1 (the binary
+    /// does this with `--serial stdio`).
+    pub fn forward_stdin(&mut self) {
+        self.stdin = Some(StdinSubscriber::new(self.serial_slot.clone()));
     }
 
     fn fault_reporter(&self) -> FaultReporter {
@@ -339,6 +351,9 @@ impl Vmm {
         manager.add_subscriber(Box::new(MailboxSubscriber(self.mailbox.clone())));
         if let Some(signals) = self.signals.take() {
             manager.add_subscriber(Box::new(signals));
+        }
+        if let Some(stdin) = self.stdin.take() {
+            manager.add_subscriber(Box::new(stdin));
         }
         self.vm.start(self.fault_reporter())?;
         loop {
@@ -457,6 +472,7 @@ impl Vmm {
             }
         };
         self.vm = new_vm;
+        *self.serial_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.vm.serial());
         self.vm.start(self.fault_reporter())?;
         self.state = RunState::Running;
         self.mailbox.notify(&Notification::Reset { guest });

@@ -222,6 +222,11 @@ impl Vm {
         &self.controls
     }
 
+    /// COM1 of this incarnation.
+    pub fn serial(&self) -> Arc<std::sync::Mutex<crate::device_manager::Serial>> {
+        self.devices.serial.clone()
+    }
+
     /// Counters of unclaimed accesses.
     pub fn exit_stats(&self) -> &ExitStats {
         &self.stats
