@@ -56,6 +56,7 @@ fn one_boot(cpus: u32, kernel: Option<&str>, line: &str) -> Result<Sample, Strin
         cmd.args(["--kernel", k]);
     }
     let mut child = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
