@@ -35,3 +35,14 @@ pub const GUEST_KERNEL: &[u8] = include_bytes!(env!("GUEST_KERNEL_PATH"));
 
 /// Where the embedded guest kernel was built (for gdb and tests).
 pub const GUEST_KERNEL_PATH: &str = env!("GUEST_KERNEL_PATH");
+
+// The library contract: a Vmm can be moved to the thread that runs it, and
+// its handle used from any thread.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<Vmm>();
+    send_sync::<VmmHandle>();
+    send::<ExitReason>();
+    send_sync::<Error>();
+};
