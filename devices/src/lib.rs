@@ -6,12 +6,16 @@
 //! every device unit-testable with fakes, and keeps this crate independent
 //! of the `vmm` crate.
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod crash_control;
 pub mod guest_ram;
 pub mod kdump;
+pub mod pm_timer;
 pub mod pv_vmx;
 pub mod pvpanic;
+pub mod reset;
+pub mod serial;
 pub mod vmcoreinfo;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};

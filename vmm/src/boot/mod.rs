@@ -1,0 +1,6 @@
+//! Everything the guest finds at its first instruction: the address map,
+//! the PVH boot information and the ACPI tables.
+
+pub mod acpi;
+pub mod layout;
+pub mod pvh;

@@ -1,0 +1,163 @@
+//! What a VM is made of: the library's configuration types.
+
+use std::path::PathBuf;
+
+/// Which kernel to boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Kernel {
+    /// The guest kernel built with this VMM ([`crate::GUEST_KERNEL`]).
+    #[default]
+    Embedded,
+    /// A PVH-capable ELF file.
+    Path(PathBuf),
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Default)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    Stdio,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    #[default]
+    Null,
+    /// Any writer (tests capture output this way).
+    Writer(Box<dyn std::io::Write + Send>),
+}
+
+impl std::fmt::Debug for SerialOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stdio => write!(f, "Stdio"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Null => write!(f, "Null"),
+            Self::Writer(_) => write!(f, "Writer(..)"),
+        }
+    }
+}
+
+/// What a guest reset does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReboot {
+    /// Tear the VM down and boot it again from the same configuration.
+    #[default]
+    Restart,
+    /// End `Vmm::run` with [`crate::ExitReason::Reboot`].
+    Exit,
+}
+
+/// Default guest RAM: 256 MiB.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// A VM's configuration.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// The kernel to boot.
+    pub kernel: Kernel,
+    /// Number of vCPUs (at least 1, at most KVM's limit).
+    pub cpus: u32,
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    pub memory: u64,
+    /// The guest kernel command line.
+    pub cmdline: String,
+    /// Where COM1 output goes.
+    pub serial: SerialOutput,
+    /// What a guest reset does.
+    pub on_reboot: OnReboot,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: Kernel::Embedded,
+            cpus: 1,
+            memory: DEFAULT_MEMORY,
+            cmdline: String::new(),
+            serial: SerialOutput::Null,
+            on_reboot: OnReboot::Restart,
+        }
+    }
+}
+
+/// Errors parsing a size.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SizeError {
+    /// Not a number with an optional K/M/G/T suffix.
+    #[error("invalid size {0:?} (expected e.g. 512M, 2G, 65536K)")]
+    Invalid(String),
+    /// Does not fit in 64 bits.
+    #[error("size {0:?} is too large")]
+    Overflow(String),
+}
+
+/// Parses `512M`, `2G`, `1024K`, `1T` or a plain byte count. Suffixes are
+/// binary (K = 1024) and case-insensitive; a trailing `B`/`iB` is allowed.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let s = text.trim();
+    let lower = s.to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 10),
+        Some('m') => (&body[..body.len() - 1], 20),
+        Some('g') => (&body[..body.len() - 1], 30),
+        Some('t') => (&body[..body.len() - 1], 40),
+        _ => (body, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SizeError::Invalid(text.to_string()));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| SizeError::Overflow(text.to_string()))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| SizeError::Overflow(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 1G "), Ok(1 << 30));
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        for bad in ["", "M", "12X", "-1G", "1.5G", "G1", "0x100", "1 G", "ten"] {
+            assert!(
+                matches!(parse_size(bad), Err(SizeError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_size("99999999999999999999"),
+            Err(SizeError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_size("17179869184G"),
+            Err(SizeError::Overflow(_))
+        ));
+    }
+
+    #[test]
+    fn default_config_is_the_documented_one() {
+        let c = VmConfig::default();
+        assert_eq!(c.kernel, Kernel::Embedded);
+        assert_eq!((c.cpus, c.memory), (1, 256 << 20));
+        assert!(c.cmdline.is_empty());
+        assert!(matches!(c.serial, SerialOutput::Null));
+        assert_eq!(c.on_reboot, OnReboot::Restart);
+    }
+}

@@ -1,0 +1,309 @@
+//! The VM control surface: [`VmmHandle`], which any thread may hold, and
+//! the mailbox it shares with the VMM's main loop.
+//!
+//! Every request is a typed message posted to the mailbox, which wakes the
+//! main loop through an EventFd. Requests that have an answer carry their
+//! own reply channel, so a request type holds only its own data.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::{EventSink, VmEvent};
+use log::warn;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vcpu::VcpuFault;
+
+/// How long a control request waits for the main loop to answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors from control requests.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// `Vmm::run` is not (or no longer) running.
+    #[error("the VM is not running")]
+    NotRunning,
+    /// The main loop did not answer in time.
+    #[error("the VMM did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The request failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The VM's run state, as `query-status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// vCPUs are running guest code.
+    Running,
+    /// vCPUs are parked (by [`VmmHandle::pause`]).
+    Paused,
+}
+
+/// One vCPU, as `query-cpus-fast` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuInfo {
+    /// vCPU index (also its APIC ID).
+    pub id: u32,
+    /// Host thread id of the vCPU thread (0 if not started).
+    pub thread_id: u64,
+}
+
+/// A snapshot of the VM's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmStatus {
+    /// Running or paused.
+    pub state: RunState,
+    /// The vCPUs, by index.
+    pub vcpus: Vec<VcpuInfo>,
+    /// How many times the guest has been reset and rebuilt.
+    pub resets: u64,
+}
+
+/// Something that happened to the VM, for observers (the QMP server turns
+/// these into events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A device reported a guest event (poweroff, reset...).
+    Guest(VmEvent),
+    /// The vCPUs were paused.
+    Paused,
+    /// The vCPUs were resumed.
+    Resumed,
+    /// The VM was reset and rebuilt; `guest` is false when requested by a
+    /// [`VmmHandle::reset`] call.
+    Reset {
+        /// Whether the guest asked for it.
+        guest: bool,
+    },
+    /// `Vmm::run` is about to return with this reason.
+    Shutdown(crate::ExitReason),
+}
+
+/// A message to the main loop.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// A device event from VM incarnation `generation`.
+    Device {
+        generation: u64,
+        event: VmEvent,
+    },
+    /// A vCPU of incarnation `generation` stopped on a guest fault.
+    Fault {
+        generation: u64,
+        fault: VcpuFault,
+    },
+    /// SIGINT or SIGTERM arrived.
+    Signal(i32),
+    Stop,
+    Reset,
+    Pause(Sender<Result<(), ControlError>>),
+    Resume(Sender<Result<(), ControlError>>),
+    InjectNmi(Sender<Result<(), ControlError>>),
+    PowerButton(Sender<Result<bool, ControlError>>),
+    Status(Sender<Result<VmStatus, ControlError>>),
+}
+
+/// The queue between every other thread and the main loop.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    queue: Mutex<VecDeque<Message>>,
+    pub(crate) wake: EventFd,
+    closed: AtomicBool,
+    observers: Mutex<Vec<Sender<Notification>>>,
+}
+
+impl Mailbox {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            queue: Mutex::new(VecDeque::new()),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            closed: AtomicBool::new(false),
+            observers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn post(&self, msg: Message) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(msg);
+        if let Err(e) = self.wake.write(1) {
+            warn!("cannot wake the main loop: {e}");
+        }
+    }
+
+    pub(crate) fn take_all(&self) -> Vec<Message> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    /// Refuses further requests and drops queued ones (their reply
+    /// channels close, so waiting callers get `NotRunning`).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        drop(self.take_all());
+    }
+
+    pub(crate) fn notify(&self, n: &Notification) {
+        self.observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| tx.send(n.clone()).is_ok());
+    }
+}
+
+/// The devices' [`EventSink`] for one VM incarnation.
+pub(crate) struct MailboxSink {
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) generation: u64,
+}
+
+impl EventSink for MailboxSink {
+    fn emit(&self, event: VmEvent) {
+        self.mailbox.post(Message::Device {
+            generation: self.generation,
+            event,
+        });
+    }
+}
+
+/// Controls a [`crate::Vmm`] from any thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct VmmHandle {
+    pub(crate) mailbox: Arc<Mailbox>,
+}
+
+impl VmmHandle {
+    /// Makes `Vmm::run` stop the vCPUs and return `ExitReason::Stopped`.
+    /// Never blocks; harmless after the VM has ended.
+    pub fn stop(&self) {
+        self.mailbox.post(Message::Stop);
+    }
+
+    /// Resets the VM as a guest reset would (restart, or exit with
+    /// `ExitReason::Reboot` under `OnReboot::Exit`). Does not wait.
+    pub fn reset(&self) -> Result<(), ControlError> {
+        if self.mailbox.closed.load(Ordering::SeqCst) {
+            return Err(ControlError::NotRunning);
+        }
+        self.mailbox.post(Message::Reset);
+        Ok(())
+    }
+
+    /// Parks every vCPU; returns once they all are.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.request(Message::Pause)
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        self.request(Message::Resume)
+    }
+
+    /// Injects an NMI into every vCPU, each through `KVM_NMI` on its own
+    /// thread. Works on running and paused vCPUs.
+    pub fn inject_nmi(&self) -> Result<(), ControlError> {
+        self.request(Message::InjectNmi)
+    }
+
+    /// Presses the ACPI power button (QMP `system_powerdown`). Returns
+    /// whether the guest had enabled the power-button event; a guest that
+    /// handles it then powers off through ACPI S5.
+    pub fn power_button(&self) -> Result<bool, ControlError> {
+        self.request(Message::PowerButton)
+    }
+
+    /// The run state and the vCPUs.
+    pub fn status(&self) -> Result<VmStatus, ControlError> {
+        self.request(Message::Status)
+    }
+
+    /// Receives every [`Notification`] from now on.
+    pub fn subscribe(&self) -> Receiver<Notification> {
+        let (tx, rx) = channel();
+        self.mailbox
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn request<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, ControlError>>) -> Message,
+    ) -> Result<T, ControlError> {
+        if self.mailbox.closed.load(Ordering::SeqCst) {
+            return Err(ControlError::NotRunning);
+        }
+        let (tx, rx) = channel();
+        self.mailbox.post(make(tx));
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ControlError::Timeout(REQUEST_TIMEOUT)),
+            Err(RecvTimeoutError::Disconnected) => Err(ControlError::NotRunning),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_after_close_fail_fast() {
+        let h = VmmHandle {
+            mailbox: Arc::new(Mailbox::new().unwrap()),
+        };
+        h.mailbox.close();
+        assert_eq!(h.pause(), Err(ControlError::NotRunning));
+        assert_eq!(h.reset(), Err(ControlError::NotRunning));
+        h.stop();
+    }
+
+    #[test]
+    fn a_dropped_request_answers_not_running() {
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        let h = VmmHandle {
+            mailbox: mailbox.clone(),
+        };
+        let t = std::thread::spawn(move || h.status());
+        // Wait for the request to arrive, then close as run() does on exit.
+        loop {
+            let _ = mailbox.wake.read();
+            let msgs = mailbox.take_all();
+            if !msgs.is_empty() {
+                assert!(matches!(msgs[0], Message::Status(_)));
+                break;
+            }
+        }
+        mailbox.close();
+        assert_eq!(t.join().unwrap(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn sink_tags_events_with_the_generation() {
+        let mailbox = Arc::new(Mailbox::new().unwrap());
+        let sink = MailboxSink {
+            mailbox: mailbox.clone(),
+            generation: 7,
+        };
+        sink.emit(VmEvent::Poweroff { vcpu: 1 });
+        assert_eq!(mailbox.wake.read().unwrap(), 1);
+        let msgs = mailbox.take_all();
+        assert!(matches!(
+            msgs[..],
+            [Message::Device {
+                generation: 7,
+                event: VmEvent::Poweroff { vcpu: 1 }
+            }]
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! The `vmm` binary: see `vmm --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::cli::{Cli, Command};
+use vmm::{exit_code, Vmm};
+
+/// "outer: inner: innermost", so every error is one line with its causes.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn fail(code: i32, e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("vmm: error: {}", error_chain(e));
+    ExitCode::from(code as u8)
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists, so that every thread inherits the mask and
+    // SIGINT/SIGTERM reach only the main loop's signalfd.
+    if let Err(e) = vmm::block_exit_signals() {
+        return fail(exit_code::VMM_ERROR, &e);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0; usage errors are
+            // one line on stderr.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(exit_code::BAD_INPUT as u8);
+            }
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("vmm: error: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(exit_code::BAD_INPUT as u8);
+        }
+    };
+
+    match cli.command {
+        Command::PrintKernel { output } => match std::fs::write(&output, vmm::GUEST_KERNEL) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmm: error: cannot write {}: {e}", output.display());
+                ExitCode::from(exit_code::BAD_INPUT as u8)
+            }
+        },
+        Command::Run(args) => {
+            let config = match args.to_config() {
+                Ok(c) => c,
+                Err(e) => return fail(exit_code::BAD_INPUT, &e),
+            };
+            let console = matches!(config.serial, vmm::SerialOutput::Stdio);
+            let mut vmm = match Vmm::new(config) {
+                Ok(v) => v,
+                Err(e) => return fail(e.exit_code(), &e),
+            };
+            if let Err(e) = vmm.handle_signals() {
+                return fail(e.exit_code(), &e);
+            }
+            if console {
+                vmm.forward_stdin();
+            }
+            match vmm.run() {
+                Ok(reason) => {
+                    if reason != vmm::ExitReason::Poweroff {
+                        eprintln!("vmm: {reason}");
+                    }
+                    ExitCode::from(reason.exit_code() as u8)
+                }
+                Err(e) => fail(e.exit_code(), &e),
+            }
+        }
+    }
+}

@@ -1,0 +1,858 @@
+//! [`Vmm`]: builds a VM from a [`VmConfig`] and runs it to its end.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::Kvm;
+use log::{info, warn};
+
+use crate::boot::layout;
+use crate::config::{Kernel, OnReboot, SerialOutput, VmConfig};
+use crate::control::{
+    ControlError, Mailbox, MailboxSink, Message, Notification, RunState, VcpuInfo, VmStatus,
+    VmmHandle,
+};
+use crate::device_manager::SharedWriter;
+use crate::event_loop::{
+    EventLoopError, MailboxSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
+};
+use crate::vcpu::FaultReporter;
+use crate::vm::{Vm, VmError, VmSpec};
+
+/// The KVM device, overridable for tests of the "no KVM" path.
+pub const KVM_DEVICE_ENV: &str = "VMM_KVM_DEVICE";
+const KVM_DEVICE: &str = "/dev/kvm";
+/// The most vCPUs xAPIC IDs can number (0..=254).
+pub const MAX_XAPIC_CPUS: usize = 255;
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
+/// Guest memory must be a whole number of pages.
+const PAGE_SIZE: u64 = 4096;
+
+/// Exit codes of the `vmm` binary.
+pub mod exit_code {
+    /// Poweroff, reboot with `--on-reboot exit`, stop request or signal.
+    pub const SUCCESS: i32 = 0;
+    /// The VMM itself failed while running.
+    pub const VMM_ERROR: i32 = 1;
+    /// Bad input: flags, kernel file, sizes, /dev/kvm.
+    pub const BAD_INPUT: i32 = 2;
+    /// The guest faulted (triple fault, KVM internal error, failed entry).
+    pub const GUEST_FAULT: i32 = 3;
+}
+
+/// Errors creating or running a [`Vmm`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `cpus` is 0.
+    #[error("the VM needs at least 1 vCPU")]
+    NoCpus,
+    /// More vCPUs than KVM supports.
+    #[error("{requested} vCPUs requested, but at most {max} are supported here")]
+    TooManyCpus {
+        /// Requested count.
+        requested: u32,
+        /// The lower of KVM_CAP_MAX_VCPUS and [`MAX_XAPIC_CPUS`].
+        max: usize,
+    },
+    /// Less RAM than the boot layout needs.
+    #[error("memory too small: {memory} bytes (at least {min} needed)")]
+    MemoryTooSmall {
+        /// Requested bytes.
+        memory: u64,
+        /// Minimum.
+        min: u64,
+    },
+    /// RAM size not a multiple of the page size.
+    #[error("memory size {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(u64),
+    /// /dev/kvm missing or not accessible.
+    #[error("cannot open {path}")]
+    KvmOpen {
+        /// The device path.
+        path: String,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The KVM device path is not a KVM device.
+    #[error("{0} is not a KVM device")]
+    NotKvm(String),
+    /// The kernel file could not be read.
+    #[error("cannot read kernel {path}")]
+    KernelRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial output file could not be created.
+    #[error("cannot create serial output file {path}")]
+    SerialOpen {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Building or driving the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// The mailbox EventFd could not be created.
+    #[error("creating the control eventfd failed")]
+    Mailbox(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The `vmm` binary's exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NoCpus
+            | Error::TooManyCpus { .. }
+            | Error::MemoryTooSmall { .. }
+            | Error::MemoryUnaligned(_)
+            | Error::KvmOpen { .. }
+            | Error::NotKvm(_)
+            | Error::KernelRead { .. }
+            | Error::SerialOpen { .. }
+            | Error::Vm(VmError::Boot(_)) => exit_code::BAD_INPUT,
+            _ => exit_code::VMM_ERROR,
+        }
+    }
+}
+
+/// Why [`Vmm::run`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest reset, under `OnReboot::Exit`.
+    Reboot,
+    /// [`VmmHandle::stop`], SIGINT or SIGTERM.
+    Stopped,
+    /// A vCPU stopped on a guest fault.
+    GuestFault {
+        /// The vCPU.
+        vcpu: u32,
+        /// What happened.
+        reason: String,
+        /// Guest RIP.
+        rip: u64,
+        /// Guest RSP.
+        rsp: u64,
+        /// Guest CR3.
+        cr3: u64,
+    },
+}
+
+impl ExitReason {
+    /// The `vmm` binary's exit code for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::Poweroff | ExitReason::Reboot | ExitReason::Stopped => exit_code::SUCCESS,
+            ExitReason::GuestFault { .. } => exit_code::GUEST_FAULT,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Poweroff => write!(f, "guest powered off"),
+            ExitReason::Reboot => write!(f, "guest rebooted"),
+            ExitReason::Stopped => write!(f, "stopped"),
+            ExitReason::GuestFault {
+                vcpu,
+                reason,
+                rip,
+                rsp,
+                cr3,
+            } => write!(
+                f,
+                "vcpu {vcpu}: {reason} at RIP={rip:#x} RSP={rsp:#x} CR3={cr3:#x}"
+            ),
+        }
+    }
+}
+
+/// A VMM: one VM, rebuilt on guest reset, driven by an event loop.
+pub struct Vmm {
+    kvm: Kvm,
+    kernel: Cow<'static, [u8]>,
+    cpus: u32,
+    memory: u64,
+    cmdline: String,
+    on_reboot: OnReboot,
+    serial: SharedWriter,
+    mailbox: Arc<Mailbox>,
+    signals: Option<SignalSubscriber>,
+    stdin: Option<StdinSubscriber>,
+    serial_slot: SerialSlot,
+    vm: Vm,
+    generation: u64,
+    state: RunState,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("cpus", &self.cpus)
+            .field("memory", &self.memory)
+            .field("vm", &self.vm)
+            .finish()
+    }
+}
+
+fn serial_writer(out: SerialOutput) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match out {
+        SerialOutput::Stdio => Box::new(std::io::stdout()),
+        SerialOutput::File(path) => match std::fs::File::create(&path) {
+            Ok(f) => Box::new(f),
+            Err(source) => return Err(Error::SerialOpen { path, source }),
+        },
+        SerialOutput::Null => Box::new(std::io::sink()),
+        SerialOutput::Writer(w) => w,
+    })
+}
+
+fn open_kvm() -> Result<Kvm, Error> {
+    let path = std::env::var(KVM_DEVICE_ENV).unwrap_or_else(|_| KVM_DEVICE.to_string());
+    open_kvm_at(&path)
+}
+
+/// Opens `path` and checks that it speaks the KVM API.
+fn open_kvm_at(path: &str) -> Result<Kvm, Error> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| Error::KvmOpen {
+        path: path.to_string(),
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    let kvm = Kvm::new_with_path(&c_path).map_err(|source| Error::KvmOpen {
+        path: path.to_string(),
+        source,
+    })?;
+    if kvm.get_api_version() != KVM_API_VERSION {
+        return Err(Error::NotKvm(path.to_string()));
+    }
+    Ok(kvm)
+}
+
+impl Vmm {
+    /// Validates `cfg`, opens KVM and builds the VM (loads the kernel, ACPI
+    /// tables, devices, vCPUs). Nothing runs until [`Vmm::run`].
+    pub fn new(cfg: VmConfig) -> Result<Self, Error> {
+        if cfg.cpus == 0 {
+            return Err(Error::NoCpus);
+        }
+        if cfg.memory < layout::MIN_MEMORY {
+            return Err(Error::MemoryTooSmall {
+                memory: cfg.memory,
+                min: layout::MIN_MEMORY,
+            });
+        }
+        if !cfg.memory.is_multiple_of(PAGE_SIZE) {
+            return Err(Error::MemoryUnaligned(cfg.memory));
+        }
+        let kernel: Cow<'static, [u8]> = match cfg.kernel {
+            Kernel::Embedded => Cow::Borrowed(crate::GUEST_KERNEL),
+            Kernel::Path(path) => match std::fs::read(&path) {
+                Ok(bytes) => Cow::Owned(bytes),
+                Err(source) => return Err(Error::KernelRead { path, source }),
+            },
+        };
+        let kvm = open_kvm()?;
+        // The MADT's xAPIC entries have 8-bit APIC IDs, and 0xff is broadcast.
+        let max = kvm.get_max_vcpus().min(MAX_XAPIC_CPUS);
+        if cfg.cpus as usize > max {
+            return Err(Error::TooManyCpus {
+                requested: cfg.cpus,
+                max,
+            });
+        }
+        let serial = SharedWriter(Arc::new(Mutex::new(serial_writer(cfg.serial)?)));
+        let mailbox = Arc::new(Mailbox::new().map_err(Error::Mailbox)?);
+        let spec = VmSpec {
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            kernel: &kernel,
+            cmdline: &cfg.cmdline,
+        };
+        let sink = Arc::new(MailboxSink {
+            mailbox: mailbox.clone(),
+            generation: 0,
+        });
+        let vm = Vm::build(&kvm, spec, sink, serial.clone())?;
+        Ok(Self {
+            kvm,
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            cmdline: cfg.cmdline,
+            on_reboot: cfg.on_reboot,
+            serial,
+            mailbox,
+            signals: None,
+            stdin: None,
+            serial_slot: Arc::new(Mutex::new(Some(vm.serial()))),
+            vm,
+            generation: 0,
+            state: RunState::Running,
+            kernel,
+        })
+    }
+
+    /// A handle for controlling this VMM from other threads.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            mailbox: self.mailbox.clone(),
+        }
+    }
+
+    /// Makes SIGINT/SIGTERM stop the VM cleanly (`ExitReason::Stopped`).
+    /// The signals must already be blocked in every thread
+    /// ([`crate::block_exit_signals`]); the binary does this, library users
+    /// normally do not.
+    pub fn handle_signals(&mut self) -> Result<(), Error> {
+        self.signals = Some(SignalSubscriber::new(self.mailbox.clone())?);
+        Ok(())
+    }
+
+    /// Feeds the process's standard input to the guest's COM1 (the binary
+    /// does this with `--serial stdio`).
+    pub fn forward_stdin(&mut self) {
+        self.stdin = Some(StdinSubscriber::new(self.serial_slot.clone()));
+    }
+
+    fn fault_reporter(&self) -> FaultReporter {
+        let mailbox = self.mailbox.clone();
+        let generation = self.generation;
+        Arc::new(move |fault| mailbox.post(Message::Fault { generation, fault }))
+    }
+
+    /// Runs the VM until it powers off, faults, is stopped, or (with
+    /// `OnReboot::Exit`) resets. Callable from any thread.
+    pub fn run(mut self) -> Result<ExitReason, Error> {
+        let result = self.run_loop();
+        self.vm.shutdown();
+        self.mailbox.close();
+        if let Ok(reason) = &result {
+            self.mailbox.notify(&Notification::Shutdown(reason.clone()));
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<ExitReason, Error> {
+        let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
+            .map_err(|e| Error::EventLoop(EventLoopError::Manager(e)))?;
+        manager.add_subscriber(Box::new(MailboxSubscriber(self.mailbox.clone())));
+        if let Some(signals) = self.signals.take() {
+            manager.add_subscriber(Box::new(signals));
+        }
+        if let Some(stdin) = self.stdin.take() {
+            manager.add_subscriber(Box::new(stdin));
+        }
+        self.vm.start(self.fault_reporter())?;
+        loop {
+            manager
+                .run()
+                .map_err(|e| Error::EventLoop(EventLoopError::Manager(e)))?;
+            for msg in self.mailbox.take_all() {
+                if let Some(reason) = self.handle_message(msg)? {
+                    return Ok(reason);
+                }
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: Message) -> Result<Option<ExitReason>, Error> {
+        match msg {
+            Message::Device { generation, .. } | Message::Fault { generation, .. }
+                if generation != self.generation =>
+            {
+                // From a VM incarnation already torn down.
+                Ok(None)
+            }
+            Message::Device { event, .. } => {
+                self.mailbox.notify(&Notification::Guest(event));
+                match event {
+                    devices::VmEvent::Poweroff { .. } => Ok(Some(ExitReason::Poweroff)),
+                    devices::VmEvent::Reset { .. } => self.reset(true),
+                    // pvpanic, crash-control, vmcoreinfo and kdump events are
+                    // delivered to subscribers above; the VM-level actions on
+                    // them (panic actions, dumps) are wired with those devices.
+                    other => {
+                        log::debug!("device event {other:?}");
+                        Ok(None)
+                    }
+                }
+            }
+            Message::Fault { fault, .. } => Ok(Some(ExitReason::GuestFault {
+                vcpu: fault.vcpu,
+                reason: fault.reason,
+                rip: fault.rip,
+                rsp: fault.rsp,
+                cr3: fault.cr3,
+            })),
+            Message::Signal(signo) => {
+                info!("terminating on signal {signo}");
+                Ok(Some(ExitReason::Stopped))
+            }
+            Message::Stop => Ok(Some(ExitReason::Stopped)),
+            Message::Reset => self.reset(false),
+            Message::Pause(reply) => {
+                let result = self
+                    .vm
+                    .pause()
+                    .map_err(|e| ControlError::Failed(e.to_string()));
+                if result.is_ok() {
+                    self.state = RunState::Paused;
+                    self.mailbox.notify(&Notification::Paused);
+                }
+                let _ = reply.send(result);
+                Ok(None)
+            }
+            Message::Resume(reply) => {
+                self.vm.resume();
+                self.state = RunState::Running;
+                self.mailbox.notify(&Notification::Resumed);
+                let _ = reply.send(Ok(()));
+                Ok(None)
+            }
+            Message::InjectNmi(reply) => {
+                self.vm.inject_nmi();
+                let _ = reply.send(Ok(()));
+                Ok(None)
+            }
+            Message::PowerButton(reply) => {
+                let _ = reply.send(Ok(self.vm.press_power_button()));
+                Ok(None)
+            }
+            Message::Status(reply) => {
+                let vcpus = self
+                    .vm
+                    .vcpus()
+                    .iter()
+                    .map(|c| VcpuInfo {
+                        id: c.id(),
+                        thread_id: c.thread_id(),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(VmStatus {
+                    state: self.state,
+                    vcpus,
+                    resets: self.generation,
+                }));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A reset: rebuild the VM from the configuration, or end the run.
+    fn reset(&mut self, guest: bool) -> Result<Option<ExitReason>, Error> {
+        if self.on_reboot == OnReboot::Exit {
+            return Ok(Some(ExitReason::Reboot));
+        }
+        info!("reset: rebuilding the VM");
+        self.vm.shutdown();
+        self.generation += 1;
+        let spec = VmSpec {
+            cpus: self.cpus,
+            memory: self.memory,
+            kernel: &self.kernel,
+            cmdline: &self.cmdline,
+        };
+        let sink = Arc::new(MailboxSink {
+            mailbox: self.mailbox.clone(),
+            generation: self.generation,
+        });
+        // The old VM (its threads joined) is dropped when replaced below.
+        let new_vm = Vm::build(&self.kvm, spec, sink, self.serial.clone());
+        let new_vm = match new_vm {
+            Ok(vm) => vm,
+            Err(e) => {
+                warn!("rebuilding the VM failed: {e}");
+                return Err(e.into());
+            }
+        };
+        self.vm = new_vm;
+        *self.serial_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.vm.serial());
+        self.vm.start(self.fault_reporter())?;
+        self.state = RunState::Running;
+        self.mailbox.notify(&Notification::Reset { guest });
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::pvh::tests::tiny_elf_with_code;
+    use crate::control::Notification;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::Duration;
+
+    const ENTRY: u64 = 0x10_0000;
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// 32-bit code: `out 0x604, ax` with SLP_EN | SLP_TYP_S5, then hlt.
+    fn poweroff_code() -> Vec<u8> {
+        let pm1 = guest_abi::ports::PM1A_CNT_BLK.to_le_bytes();
+        let cnt = (guest_abi::ports::PM1_CNT_SLP_EN
+            | (guest_abi::ports::SLP_TYP_S5 << guest_abi::ports::PM1_CNT_SLP_TYP_SHIFT))
+            .to_le_bytes();
+        vec![
+            0x66, 0xba, pm1[0], pm1[1], // mov dx, PM1A_CNT_BLK
+            0x66, 0xb8, cnt[0], cnt[1], // mov ax, SLP_EN | S5
+            0x66, 0xef, // out dx, ax
+            0xf4, 0xeb, 0xfd, // 1: hlt; jmp 1b
+        ]
+    }
+
+    /// 32-bit code: `out 0xcf9, 0x06`, then hlt.
+    fn reset_code() -> Vec<u8> {
+        let port = guest_abi::ports::RESET_CONTROL.to_le_bytes();
+        vec![
+            0x66,
+            0xba,
+            port[0],
+            port[1], // mov dx, 0xcf9
+            0xb0,
+            guest_abi::ports::RESET_VALUE, // mov al, 6
+            0xee,                          // out dx, al
+            0xf4,
+            0xeb,
+            0xfd,
+        ]
+    }
+
+    /// 32-bit code: write "H\n" to COM1, then halt forever.
+    fn hello_code() -> Vec<u8> {
+        let com1 = guest_abi::ports::COM1.to_le_bytes();
+        vec![
+            0x66, 0xba, com1[0], com1[1], // mov dx, COM1
+            0xb0, b'H', 0xee, // mov al, 'H'; out dx, al
+            0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+            0xf4, 0xeb, 0xfd,
+        ]
+    }
+
+    /// 32-bit code: enable the PM1 power-button event, then say hello.
+    fn power_button_code() -> Vec<u8> {
+        let pm1_en = (guest_abi::ports::PM1A_EVT_BLK + 2).to_le_bytes();
+        let en = devices::acpi_pm::PWRBTN.to_le_bytes();
+        let mut code = vec![
+            0x66, 0xba, pm1_en[0], pm1_en[1], // mov dx, PM1_EN
+            0x66, 0xb8, en[0], en[1], // mov ax, PWRBTN_EN
+            0x66, 0xef, // out dx, ax
+        ];
+        code.extend(hello_code());
+        code
+    }
+
+    /// 32-bit code: `rep outsb` of "S!" and a newline to COM1, then halt.
+    fn rep_outsb_code() -> Vec<u8> {
+        const TEXT_OFFSET: usize = 32;
+        let text = (ENTRY as u32 + TEXT_OFFSET as u32).to_le_bytes();
+        let com1 = guest_abi::ports::COM1.to_le_bytes();
+        let mut code = vec![
+            0xbe, text[0], text[1], text[2], text[3], // mov esi, text
+            0xb9, 3, 0, 0, 0, // mov ecx, 3
+            0x66, 0xba, com1[0], com1[1], // mov dx, COM1
+            0xf3, 0x6e, // rep outsb
+            0xf4, 0xeb, 0xfd,
+        ];
+        code.resize(TEXT_OFFSET, 0x90);
+        code.extend_from_slice(b"S!\n");
+        code
+    }
+
+    fn kernel_file(name: &str, code: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}.elf", std::process::id()));
+        std::fs::write(
+            &path,
+            tiny_elf_with_code(ENTRY, 0x1000, Some(ENTRY as u32), code),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Serial output as a channel of bytes.
+    struct ChannelWriter(Sender<u8>);
+    impl Write for ChannelWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for b in buf {
+                let _ = self.0.send(*b);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn wait_for_line(rx: &Receiver<u8>, line: &str) {
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(line) {
+            seen.push(rx.recv_timeout(WAIT).expect("serial output in time"));
+        }
+    }
+
+    fn config(name: &str, code: &[u8]) -> VmConfig {
+        VmConfig {
+            kernel: Kernel::Path(kernel_file(name, code)),
+            memory: 16 << 20,
+            ..VmConfig::default()
+        }
+    }
+
+    /// `Vmm::new`, then removes the test kernel file it read.
+    fn new_vmm(cfg: VmConfig) -> Result<Vmm, Error> {
+        let path = match &cfg.kernel {
+            Kernel::Path(p) => Some(p.clone()),
+            Kernel::Embedded => None,
+        };
+        let vmm = Vmm::new(cfg);
+        if let Some(p) = path {
+            let _ = std::fs::remove_file(p);
+        }
+        vmm
+    }
+
+    /// Runs `vmm` on its own thread; returns its result channel.
+    fn spawn(vmm: Vmm) -> Receiver<Result<ExitReason, Error>> {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(vmm.run());
+        });
+        rx
+    }
+
+    #[test]
+    fn guest_poweroff_ends_the_run() {
+        let vmm = new_vmm(VmConfig {
+            cpus: 2,
+            ..config("poweroff", &poweroff_code())
+        })
+        .unwrap();
+        let reason = spawn(vmm).recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(reason, ExitReason::Poweroff);
+        assert_eq!(reason.exit_code(), 0);
+    }
+
+    #[test]
+    fn guest_reset_exits_under_on_reboot_exit() {
+        let vmm = new_vmm(VmConfig {
+            on_reboot: OnReboot::Exit,
+            ..config("reset-exit", &reset_code())
+        })
+        .unwrap();
+        assert_eq!(
+            spawn(vmm).recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Reboot
+        );
+    }
+
+    #[test]
+    fn guest_reset_rebuilds_the_vm_under_restart() {
+        let vmm = new_vmm(config("reset-restart", &reset_code())).unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        let mut resets = 0;
+        while resets < 3 {
+            if let Notification::Reset { guest: true } = events.recv_timeout(WAIT).unwrap() {
+                resets += 1;
+            }
+        }
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn serial_output_and_stop_from_another_thread() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 4,
+            ..config("hello", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+        assert_eq!(handle.pause(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn string_port_output_reaches_the_serial() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("rep-outsb", &rep_outsb_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "S!\n");
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn pause_resume_and_status() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("pause", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.pause().unwrap();
+        let status = handle.status().unwrap();
+        assert_eq!(status.state, RunState::Paused);
+        assert_eq!(status.vcpus.len(), 2);
+        assert!(status.vcpus.iter().all(|v| v.thread_id != 0));
+        handle.resume().unwrap();
+        assert_eq!(handle.status().unwrap().state, RunState::Running);
+        // This guest never enables the power-button event.
+        assert_eq!(handle.power_button(), Ok(false));
+        assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Paused);
+        assert_eq!(events.recv_timeout(WAIT).unwrap(), Notification::Resumed);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn power_button_is_seen_when_the_guest_enabled_it() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("pwrbtn", &power_button_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        assert_eq!(handle.power_button(), Ok(true));
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn nmi_reaches_the_guest() {
+        // The guest has no IDT, so an NMI escalates to a triple fault: proof
+        // that KVM_NMI was delivered (from the vCPU's own thread).
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("nmi", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        handle.inject_nmi().unwrap();
+        match result.recv_timeout(WAIT).unwrap().unwrap() {
+            ExitReason::GuestFault { vcpu, reason, .. } => {
+                assert_eq!(vcpu, 0);
+                assert!(
+                    reason.contains("triple fault") || reason.contains("internal error"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a guest fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn triple_fault_is_reported_with_registers() {
+        // int3 with no IDT: #GP, #DF, then shutdown.
+        let vmm = new_vmm(config("int3", &[0xcc])).unwrap();
+        let reason = spawn(vmm).recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(reason.exit_code(), exit_code::GUEST_FAULT);
+        let text = reason.to_string();
+        let ExitReason::GuestFault { rip, cr3, .. } = reason else {
+            panic!("expected a guest fault, got {reason:?}");
+        };
+        assert!((ENTRY..ENTRY + 2).contains(&rip), "rip {rip:#x}");
+        assert_eq!(cr3, 0);
+        // A hardware-virtualised host triple-faults; this host's emulating
+        // KVM sometimes gives up earlier with an emulation failure.
+        assert!(
+            text.starts_with("vcpu 0: triple fault")
+                || text.starts_with("vcpu 0: KVM internal error"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("RIP={rip:#x}")), "{text}");
+    }
+
+    #[test]
+    fn missing_or_wrong_kvm_device_is_bad_input() {
+        let e = open_kvm_at("/nonexistent/kvm").unwrap_err();
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        assert_eq!(e.to_string(), "cannot open /nonexistent/kvm");
+        let e = open_kvm_at("/dev/null").unwrap_err();
+        assert!(matches!(e, Error::NotKvm(_)), "{e}");
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        assert!(open_kvm_at(KVM_DEVICE).is_ok());
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_running() {
+        let e = new_vmm(VmConfig {
+            cpus: 0,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::NoCpus));
+        assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
+        let e = new_vmm(VmConfig {
+            cpus: 100_000,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::TooManyCpus { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            memory: 1 << 20,
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::MemoryTooSmall { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            kernel: Kernel::Path("/nonexistent/kernel".into()),
+            ..VmConfig::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::KernelRead { .. }), "{e}");
+        let e = new_vmm(VmConfig {
+            memory: 2 << 20,
+            ..config("big", &[0xf4])
+        });
+        assert!(e.is_ok(), "a 4 KiB kernel fits in 2 MiB");
+    }
+}
