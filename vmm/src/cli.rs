@@ -38,6 +38,10 @@ pub enum Command {
     /// Boot a guest kernel and run it until it powers off.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Read a vmcore: `info` (registers, panic, kmsg, pvpanic, VMX) or
+    /// `check` (every vCPU left what a crash dump needs).
+    #[command(subcommand)]
+    Vmcore(crate::vmcore_cmd::VmcoreCommand),
     /// Write the embedded guest kernel ELF to a file (for gdb, readelf...).
     PrintKernel {
         /// Where to write it.
@@ -76,6 +80,11 @@ pub struct RunArgs {
     /// What a guest reset does.
     #[arg(long, value_enum, default_value_t = OnRebootArg::Restart)]
     pub on_reboot: OnRebootArg,
+    /// Directory for guest memory dumps made by the VMM itself (the
+    /// `--on-panic coredump-*` actions), each named
+    /// vmcore-<unix time>-<pid>-<n>.elf [default: the current directory].
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dump_dir: PathBuf,
 }
 
 fn parse_cpus(s: &str) -> Result<u32, String> {

@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
@@ -15,6 +18,7 @@ use crate::control::{
     VmmHandle,
 };
 use crate::device_manager::SharedWriter;
+use crate::dump::{self, DumpError, DumpRequest};
 use crate::event_loop::{
     EventLoopError, MailboxSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
 };
@@ -197,6 +201,23 @@ pub struct Vmm {
     vm: Vm,
     generation: u64,
     state: RunState,
+    dump_dir: PathBuf,
+    dump_progress_bar: bool,
+    active_dump: Option<ActiveDump>,
+}
+
+/// A dump whose file a worker thread is writing; the vCPUs stay paused.
+struct ActiveDump {
+    path: PathBuf,
+    /// Resume the vCPUs when it ends (they ran before and nobody paused
+    /// them since).
+    resume_after: bool,
+    /// The VM incarnation dumped (a reset meanwhile makes resuming moot).
+    generation: u64,
+    /// The blocking caller's reply channel (None when detached).
+    reply: Option<Sender<Result<Option<vmcore::DumpStats>, DumpError>>>,
+    /// The writer thread (None once joined).
+    worker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -301,6 +322,9 @@ impl Vmm {
             vm,
             generation: 0,
             state: RunState::Running,
+            dump_dir: PathBuf::from("."),
+            dump_progress_bar: false,
+            active_dump: None,
             kernel,
         })
     }
@@ -327,6 +351,174 @@ impl Vmm {
         self.stdin = Some(StdinSubscriber::new(self.serial_slot.clone()));
     }
 
+    /// Where [`Vmm::dump_to_dir`] writes (`vmm run --dump-dir`); the
+    /// current directory by default.
+    pub fn set_dump_dir(&mut self, dir: PathBuf) {
+        self.dump_dir = dir;
+    }
+
+    /// The directory of [`Vmm::dump_to_dir`].
+    pub fn dump_dir(&self) -> &Path {
+        &self.dump_dir
+    }
+
+    /// Draw a progress bar on stderr during dumps, when it is a terminal
+    /// (the binary turns this on).
+    pub fn show_dump_progress(&mut self, show: bool) {
+        self.dump_progress_bar = show;
+    }
+
+    /// Dumps the VM into a new file in the dump directory, blocking, and
+    /// returns its path: for the `--on-panic coredump-*` actions, called on
+    /// the main loop's thread. The vCPUs are left paused (the action then
+    /// destroys or restarts the VM). Emits `DumpCompleted` and updates
+    /// `query_dump` like any other dump.
+    pub fn dump_to_dir(&mut self) -> Result<(PathBuf, vmcore::DumpStats), DumpError> {
+        if self.active_dump.is_some() {
+            return Err(DumpError::Busy);
+        }
+        let tracker = self.mailbox.dump.clone();
+        tracker.start(0);
+        let was_running = self.state == RunState::Running;
+        let result = dump::dump_to_dir(&self.vm, &self.dump_dir, true, self.dump_progress_bar);
+        tracker.finish(result.is_ok());
+        if was_running {
+            self.state = RunState::Paused;
+            self.mailbox.notify(&Notification::Paused);
+        }
+        let path = match &result {
+            Ok((path, _)) => path.clone(),
+            Err(_) => self.dump_dir.clone(),
+        };
+        self.mailbox.notify(&Notification::DumpCompleted {
+            path,
+            result: match &result {
+                Ok((_, stats)) => Ok(stats.clone()),
+                Err(e) => Err(dump::error_chain(e)),
+            },
+        });
+        result
+    }
+
+    /// Handles `dump-guest-memory`: capture now, write on a worker thread.
+    fn start_dump(
+        &mut self,
+        request: DumpRequest,
+        reply: Sender<Result<Option<vmcore::DumpStats>, DumpError>>,
+    ) {
+        if self.active_dump.is_some() {
+            let _ = reply.send(Err(DumpError::Busy));
+            return;
+        }
+        let was_running = self.state == RunState::Running;
+        let capture = match dump::capture(&self.vm) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("dump: {}", dump::error_chain(&e));
+                if was_running {
+                    self.vm.resume();
+                }
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if was_running {
+            self.state = RunState::Paused;
+            self.mailbox.notify(&Notification::Paused);
+        }
+        let tracker = self.mailbox.dump.clone();
+        tracker.start(capture.ram_bytes());
+        let (mut progress, bar) =
+            dump::progress_reporter(self.dump_progress_bar, Some(tracker.clone()));
+        let mailbox = self.mailbox.clone();
+        let (path, paging) = (request.path.clone(), request.paging);
+        let worker = std::thread::Builder::new()
+            .name("vmcore-dump".into())
+            .spawn(move || {
+                let result = capture.write(&path, paging, &mut progress);
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                // The guest may run again only after this point.
+                drop(capture);
+                mailbox.post(Message::DumpFinished { result });
+            });
+        match worker {
+            Ok(worker) => {
+                let reply = if request.detach {
+                    let _ = reply.send(Ok(None));
+                    None
+                } else {
+                    Some(reply)
+                };
+                self.active_dump = Some(ActiveDump {
+                    path: request.path,
+                    resume_after: was_running,
+                    generation: self.generation,
+                    reply,
+                    worker: Some(worker),
+                });
+            }
+            Err(e) => {
+                tracker.finish(false);
+                if was_running {
+                    self.vm.resume();
+                    self.state = RunState::Running;
+                    self.mailbox.notify(&Notification::Resumed);
+                }
+                let _ = reply.send(Err(DumpError::Worker(e.to_string())));
+            }
+        }
+    }
+
+    /// The worker is done: report, and resume the guest if it was running
+    /// and the VM still exists (`vm_alive`).
+    fn finish_dump(&mut self, result: Result<vmcore::DumpStats, DumpError>, vm_alive: bool) {
+        let Some(active) = self.active_dump.take() else {
+            return;
+        };
+        // It posted its result, so it is about to end.
+        if active.worker.is_some_and(|w| w.join().is_err()) {
+            warn!("dump: the worker thread panicked");
+        }
+        self.mailbox.dump.finish(result.is_ok());
+        if vm_alive && active.resume_after && active.generation == self.generation {
+            self.vm.resume();
+            self.state = RunState::Running;
+            self.mailbox.notify(&Notification::Resumed);
+        }
+        self.mailbox.notify(&Notification::DumpCompleted {
+            path: active.path,
+            result: match &result {
+                Ok(stats) => Ok(stats.clone()),
+                Err(e) => Err(dump::error_chain(e)),
+            },
+        });
+        if let Some(reply) = active.reply {
+            let _ = reply.send(result.map(Some));
+        }
+    }
+
+    /// At the end of `run`: let a dump in progress finish its file.
+    fn wait_for_dump(&mut self) {
+        let Some(active) = self.active_dump.as_mut() else {
+            return;
+        };
+        if active.worker.take().is_some_and(|w| w.join().is_err()) {
+            warn!("dump: the worker thread panicked");
+        }
+        let result = self
+            .mailbox
+            .take_all()
+            .into_iter()
+            .find_map(|m| match m {
+                Message::DumpFinished { result } => Some(result),
+                _ => None,
+            })
+            .unwrap_or_else(|| Err(DumpError::Worker("ended without a result".into())));
+        self.finish_dump(result, false);
+    }
+
     fn fault_reporter(&self) -> FaultReporter {
         let mailbox = self.mailbox.clone();
         let generation = self.generation;
@@ -338,6 +530,7 @@ impl Vmm {
     pub fn run(mut self) -> Result<ExitReason, Error> {
         let result = self.run_loop();
         self.vm.shutdown();
+        self.wait_for_dump();
         self.mailbox.close();
         if let Ok(reason) = &result {
             self.mailbox.notify(&Notification::Shutdown(reason.clone()));
@@ -404,6 +597,10 @@ impl Vmm {
             Message::Stop => Ok(Some(ExitReason::Stopped)),
             Message::Reset => self.reset(false),
             Message::Pause(reply) => {
+                if let Some(dump) = &mut self.active_dump {
+                    // Paused by the user during the dump: stay paused after.
+                    dump.resume_after = false;
+                }
                 let result = self
                     .vm
                     .pause()
@@ -413,6 +610,12 @@ impl Vmm {
                     self.mailbox.notify(&Notification::Paused);
                 }
                 let _ = reply.send(result);
+                Ok(None)
+            }
+            Message::Resume(reply) if self.active_dump.is_some() => {
+                let _ = reply.send(Err(ControlError::Failed(
+                    "a guest memory dump is in progress".into(),
+                )));
                 Ok(None)
             }
             Message::Resume(reply) => {
@@ -429,6 +632,14 @@ impl Vmm {
             }
             Message::PowerButton(reply) => {
                 let _ = reply.send(Ok(self.vm.press_power_button()));
+                Ok(None)
+            }
+            Message::Dump { request, reply } => {
+                self.start_dump(request, reply);
+                Ok(None)
+            }
+            Message::DumpFinished { result } => {
+                self.finish_dump(result, true);
                 Ok(None)
             }
             Message::Status(reply) => {
