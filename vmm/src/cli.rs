@@ -207,6 +207,34 @@ mod tests {
     }
 
     #[test]
+    fn dump_dir_defaults_to_the_current_directory() {
+        let dir = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Run(r) => r.dump_dir,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(dir(&["run"]), PathBuf::from("."));
+        assert_eq!(dir(&["run", "--dump-dir", "/d"]), PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn vmcore_subcommands_parse() {
+        for args in [
+            &["vmcore", "check", "f"][..],
+            &["vmcore", "check", "f", "--json"],
+            &["vmcore", "info", "f", "--kernel", "k", "--json"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["vmcore"][..],
+            &["vmcore", "check"],
+            &["vmcore", "fix", "f"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn serial_destinations() {
         assert!(matches!(parse_serial("null"), Ok(SerialOutput::Null)));
         assert!(matches!(parse_serial("stdio"), Ok(SerialOutput::Stdio)));

@@ -1022,6 +1022,114 @@ mod tests {
         assert!(text.contains(&format!("RIP={rip:#x}")), "{text}");
     }
 
+    struct FixedPvpanicLog(vmcore::PvpanicLog);
+    impl crate::dump::PvpanicLogSource for FixedPvpanicLog {
+        fn pvpanic_log(&self) -> vmcore::PvpanicLog {
+            self.0.clone()
+        }
+    }
+
+    /// Registers the ELF note `text` at `gpa` with the vmcoreinfo device, as
+    /// the guest would through its ports.
+    fn register_vmcoreinfo(
+        dev: &mut devices::vmcoreinfo::Vmcoreinfo,
+        mem: &vm_memory::GuestMemoryMmap,
+        gpa: u64,
+        text: &[u8],
+    ) {
+        use devices::{Access, BusDevice};
+        use guest_abi::pv::vmcoreinfo::{FORMAT, FORMAT_ELF, PADDR_HI, PADDR_LO, SIZE};
+        use vm_memory::{Bytes, GuestAddress};
+        let mut note = Vec::new();
+        note.extend_from_slice(&11u32.to_le_bytes());
+        note.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        note.extend_from_slice(&0u32.to_le_bytes());
+        note.extend_from_slice(b"VMCOREINFO\0\0");
+        note.extend_from_slice(text);
+        mem.write_slice(&note, GuestAddress(gpa)).unwrap();
+        let mut reg = |offset, value: u32| {
+            let access = Access {
+                base: 0,
+                offset,
+                vcpu: 0,
+            };
+            dev.write(access, &value.to_le_bytes());
+        };
+        reg(PADDR_LO, gpa as u32);
+        reg(PADDR_HI, (gpa >> 32) as u32);
+        reg(SIZE, note.len() as u32);
+        reg(FORMAT, FORMAT_ELF);
+    }
+
+    #[test]
+    fn dumps_carry_vmx_vmcoreinfo_and_pvpanic_from_the_dump_sources() {
+        use crate::dump::{DumpRequest, DumpSources};
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("dump-sources", &hello_code())
+        })
+        .unwrap();
+        let mem = vmm.vm.memory().clone();
+        let pv_vmx = devices::pv_vmx::PvVmx::new(2, Arc::new(mem.clone())).unwrap();
+        let mut vmcoreinfo = devices::vmcoreinfo::Vmcoreinfo::new(Arc::new(MailboxSink {
+            mailbox: vmm.mailbox.clone(),
+            generation: 0,
+        }));
+        register_vmcoreinfo(
+            &mut vmcoreinfo,
+            &mem,
+            0x20_0000,
+            b"OSRELEASE=test\nTEST=yes\n",
+        );
+        let entry = guest_abi::elfnote::PvpanicLogEntry {
+            seq: 0,
+            events: 1,
+            vcpu: 1,
+            pad: 0,
+            timestamp_ns: 1234,
+        };
+        let log = vmcore::PvpanicLog {
+            entries: vec![entry],
+            dropped: 0,
+        };
+        vmm.vm.set_dump_sources(DumpSources {
+            pv_vmx: Some(Arc::new(Mutex::new(pv_vmx))),
+            vmcoreinfo: Some(Arc::new(Mutex::new(vmcoreinfo))),
+            pvpanic: Some(Arc::new(FixedPvpanicLog(log.clone()))),
+        });
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        let path =
+            std::env::temp_dir().join(format!("vmm-test-{}-dump-sources.elf", std::process::id()));
+        let stats = handle
+            .dump_guest_memory(DumpRequest::new(&path))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.ram_bytes, 16 << 20);
+        let core = vmcore::Vmcore::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let hosts = core.host_cpus();
+        assert_eq!(hosts.len(), 2);
+        for h in &hosts {
+            let vmx = h.vmx.expect("a VMX note per vCPU");
+            assert_eq!(vmx.vcpu, h.vcpu);
+            assert!(!vmx.vmx_on && vmx.vmcs_flushed && vmx.model_not_hardware);
+        }
+        let info = core.vmcoreinfo().expect("the guest's VMCOREINFO");
+        assert_eq!(info.get("TEST"), Some("yes"));
+        assert_eq!(core.pvpanic_log().unwrap(), Some(log));
+        // The AP never got a SIPI: its capture must not have blocked.
+        assert_eq!(handle.status().unwrap().state, RunState::Running);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
     #[test]
     fn missing_or_wrong_kvm_device_is_bad_input() {
         let e = open_kvm_at("/nonexistent/kvm").unwrap_err();

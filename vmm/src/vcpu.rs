@@ -338,7 +338,12 @@ impl VcpuControl {
     /// stays as read until it is resumed.
     pub fn request_capture(&self) -> Receiver<Result<CpuState, String>> {
         let (tx, rx) = channel();
-        self.request(|s| s.capture = Some(tx));
+        self.request(|s| {
+            // An exited thread would never answer; dropping `tx` says so.
+            if s.observed != VcpuRunState::Exited {
+                s.capture = Some(tx);
+            }
+        });
         rx
     }
 
@@ -573,6 +578,8 @@ impl Vcpu {
         }
         // No kicks after this point: the kvm_run mapping and thread go away.
         *control.kick.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A capture nobody will answer: close its channel.
+        control.lock().capture = None;
         control.set_observed(VcpuRunState::Exited);
         debug!("vcpu {}: thread exiting", self.id);
     }
@@ -891,6 +898,14 @@ mod tests {
         set_lint(&mut lapic);
         assert_eq!(lapic_reg(&lapic, APIC_LVT0), 0x0001_0700);
         assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x0000_0400);
+    }
+
+    #[test]
+    fn capturing_an_exited_vcpu_fails_at_once() {
+        let c = VcpuControl::new(0);
+        c.set_observed(VcpuRunState::Exited);
+        let rx = c.request_capture();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
     }
 
     #[test]
