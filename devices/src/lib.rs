@@ -7,6 +7,7 @@
 //! of the `vmm` crate.
 
 pub mod bus;
+pub mod guest_ram;
 pub mod pvpanic;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};

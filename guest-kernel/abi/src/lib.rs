@@ -13,6 +13,7 @@
 
 pub mod elfnote;
 pub mod ports;
+pub mod pv;
 pub mod pvh;
 
 /// The most CPUs the guest kernel brings up. The VMM may create more vCPUs

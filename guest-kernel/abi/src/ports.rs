@@ -50,3 +50,25 @@ pub const PVPANIC_PANICKED: u8 = 1 << 0;
 pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
 /// pvpanic event bit: the guest is shutting down (QEMU emits GUEST_PVSHUTDOWN).
 pub const PVPANIC_SHUTDOWN: u8 = 1 << 2;
+
+// Paravirtual devices of this VMM (register maps in `crate::pv`). They sit at
+// 0x700..0x75f, clear of QEMU's `pc` machine (fw_cfg owns 0x510..0x51b), so a
+// guest probing them under QEMU reads all-ones from an empty port instead of
+// talking to another device. Every register is 32 bits wide.
+
+/// The paravirtual VMX model (`crate::pv::vmx`).
+pub const PV_VMX: u16 = 0x700;
+/// Length of the pv-VMX register block.
+pub const PV_VMX_LEN: u16 = 0x20;
+/// LKDTM-style crash injection (`crate::pv::crash`).
+pub const CRASH_CONTROL: u16 = 0x720;
+/// Length of the crash-control register block.
+pub const CRASH_CONTROL_LEN: u16 = 0x10;
+/// VMCOREINFO registration (`crate::pv::vmcoreinfo`).
+pub const VMCOREINFO: u16 = 0x730;
+/// Length of the vmcoreinfo register block.
+pub const VMCOREINFO_LEN: u16 = 0x20;
+/// kexec handover and vmcore-ready reports (`crate::pv::kdump`).
+pub const KDUMP: u16 = 0x750;
+/// Length of the kdump register block.
+pub const KDUMP_LEN: u16 = 0x20;
