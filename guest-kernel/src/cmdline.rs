@@ -241,10 +241,7 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 }
 
 fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(&x, &y)| x.to_ascii_uppercase() == y.to_ascii_uppercase())
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
 }
 
 /// The crash type named `name` (`PANIC`, `nmi_panic`, ...; any case).
