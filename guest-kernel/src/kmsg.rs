@@ -45,7 +45,13 @@ impl RingWriter {
         if len == 0 {
             return;
         }
-        if let Some(slot) = ring.get_mut((self.head % len) as usize) {
+        // A power-of-two ring (the kernel's) needs no division per byte.
+        let at = if len.is_power_of_two() {
+            self.head & (len - 1)
+        } else {
+            self.head % len
+        };
+        if let Some(slot) = ring.get_mut(at as usize) {
             *slot = b;
         }
         self.head += 1;

@@ -180,6 +180,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     }
 
     smp::set_expected(order.len() as u32);
+    boot.memmap(); // recorded for panic_print=0x02
     pv::init();
     pvpanic::init();
     reserve_crashkernel(&boot, &config.panic);
