@@ -30,11 +30,15 @@ pub trait GuestRam: Send + Sync {
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), GuestRamError>;
 }
 
-impl GuestRam
-    for vm_memory::GuestMemoryMmap<()>
-{
+impl GuestRam for vm_memory::GuestMemoryMmap<()> {
     fn contains(&self, gpa: u64, len: usize) -> bool {
-        gpa.checked_add(len as u64).is_some() && GuestMemory::check_range(self, GuestAddress(gpa), len, vm_memory::Permissions::ReadWrite)
+        gpa.checked_add(len as u64).is_some()
+            && GuestMemory::check_range(
+                self,
+                GuestAddress(gpa),
+                len,
+                vm_memory::Permissions::ReadWrite,
+            )
     }
 
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestRamError> {
@@ -126,7 +130,10 @@ mod tests {
         assert_eq!(four, [1, 2, 3, 4]);
         assert_eq!(
             ram.write(end - 2, &[0; 4]),
-            Err(GuestRamError::OutOfRange { gpa: end - 2, len: 4 })
+            Err(GuestRamError::OutOfRange {
+                gpa: end - 2,
+                len: 4
+            })
         );
         assert!(ram.read(u64::MAX, &mut four).is_err());
         // Nothing was written past the end.

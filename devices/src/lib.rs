@@ -7,8 +7,12 @@
 //! of the `vmm` crate.
 
 pub mod bus;
+pub mod crash_control;
 pub mod guest_ram;
+pub mod kdump;
+pub mod pv_vmx;
 pub mod pvpanic;
+pub mod vmcoreinfo;
 
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};
 
@@ -31,6 +35,50 @@ pub enum VmEvent {
         event: pvpanic::PvpanicEvent,
         /// The vCPU that wrote the register.
         vcpu: VcpuId,
+    },
+    /// The guest acknowledged a step of an injected crash (crash-control ACK).
+    CrashAck {
+        /// The vCPU that wrote the ACK.
+        vcpu: VcpuId,
+        /// The step (`guest_abi::pv::crash::ack`, or guest-defined).
+        step: u32,
+    },
+    /// The guest registered (or, with `None`, unregistered) its VMCOREINFO note.
+    Vmcoreinfo {
+        /// The vCPU that committed the registration.
+        vcpu: VcpuId,
+        /// GPA and size of the note, `None` when unregistered.
+        note: Option<(u64, u32)>,
+    },
+    /// The first kernel is about to jump to the capture kernel (kdump
+    /// KEXEC_HANDOVER). The guest keeps running.
+    KexecHandover {
+        /// The panicking vCPU, which makes the jump.
+        vcpu: VcpuId,
+        /// Capture kernel entry GPA.
+        entry: u64,
+        /// GPA of the ELF core header the first kernel built.
+        elfcorehdr: u64,
+    },
+    /// The capture kernel validated the ELF core header: the VMM may write
+    /// the vmcore from it (kdump VMCORE_READY). The header is guest data:
+    /// parse it as hostile input.
+    VmcoreReady {
+        /// The vCPU that reported it.
+        vcpu: VcpuId,
+        /// GPA of the ELF core header.
+        elfcorehdr: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// kdump gave up (kdump CAPTURE_FAILED).
+    CaptureFailed {
+        /// The vCPU that reported it.
+        vcpu: VcpuId,
+        /// Why.
+        reason: kdump::CaptureFailure,
+        /// The guest's reason-specific detail (0 if none).
+        detail: u64,
     },
 }
 

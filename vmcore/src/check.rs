@@ -16,7 +16,9 @@
 //!      "host_note":     {"verdict": V, "detail": str},  // CORE/NT_PRSTATUS from KVM
 //!      "guest_note":    {"verdict": V, "detail": str},  // crash note in guest RAM
 //!      "guest_context": {"verdict": V, "detail": str},  // RIP in text, kernel CS
-//!      "vmx":           {"verdict": V, "detail": str}}  // VMX off, VMCS flushed
+//!      "vmx":           {"verdict": V, "detail": str},  // VMX off, VMCS flushed
+//!      "host_parked":   {"verdict": V, "detail": str}}  // non-panicking CPU's host
+//!                                                       // RIP in the guest's stop loop
 //!   ],
 //!   "failures": [str]                 // one line per non-passing verdict
 //! }
@@ -119,6 +121,10 @@ pub struct VcpuCheck {
     pub guest_context: CheckResult,
     /// VMX off and VMCS flushed.
     pub vmx: CheckResult,
+    /// A CPU other than the panicking one is halted in the guest's stop loop
+    /// (host-captured RIP inside `SYMBOL(stop_loop_start..=stop_loop_end)`).
+    /// Skipped when the guest published no stop loop or no panic CPU.
+    pub host_parked: CheckResult,
 }
 
 /// The checker's report.
@@ -235,6 +241,29 @@ fn vmx_check(h: &HostCpu) -> CheckResult {
     }
 }
 
+fn parked_check(h: &HostCpu, panic_cpu: Option<u32>, stop_loop: Option<(u64, u64)>) -> CheckResult {
+    let Some(panic_cpu) = panic_cpu else {
+        return CheckResult::new(Verdict::Skipped, "no panicking CPU published");
+    };
+    if h.vcpu == panic_cpu {
+        return CheckResult::new(Verdict::Skipped, "the panicking CPU");
+    }
+    let Some((start, end)) = stop_loop else {
+        return CheckResult::new(Verdict::Skipped, "guest published no stop loop");
+    };
+    let Some(rip) = h.prstatus.map(|p| p.rip()) else {
+        return CheckResult::new(Verdict::Skipped, "no host registers");
+    };
+    if (start..=end).contains(&rip) {
+        CheckResult::new(Verdict::Pass, "halted in the stop loop")
+    } else {
+        CheckResult::new(
+            Verdict::Fail,
+            format!("RIP {rip:#x} outside stop loop {start:#x}..={end:#x}"),
+        )
+    }
+}
+
 fn context_check(p: &ElfPrstatus, text: Option<(u64, u64)>, kernel_cs: Option<u64>) -> CheckResult {
     let (rip, cs) = (p.rip(), p.cs());
     let Some((start, end)) = text else {
@@ -313,6 +342,21 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
             .and_then(|i| i.number(elfnote::VMCOREINFO_KERNEL_CS))
     });
 
+    let stop_loop = info.as_ref().and_then(|i| {
+        Some((
+            i.hex(elfnote::VMCOREINFO_STOP_LOOP_START)?,
+            i.hex(elfnote::VMCOREINFO_STOP_LOOP_END)?,
+        ))
+    });
+    let panic_cpu = info
+        .as_ref()
+        .and_then(|i| i.hex(elfnote::VMCOREINFO_PANIC_CPU))
+        .and_then(|a| {
+            let mut b = [0u8; 4];
+            core.read_phys(a, &mut b).ok()?;
+            Some(u32::from_le_bytes(b)).filter(|&c| c != u32::MAX)
+        });
+
     let mut vcpus: Vec<VcpuCheck> = Vec::new();
     let mut guest_saved = std::collections::BTreeSet::new();
     for h in &hosts {
@@ -358,6 +402,7 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
             guest_note,
             guest_context,
             vmx: vmx_check(h),
+            host_parked: parked_check(h, panic_cpu, stop_loop),
         });
     }
 
@@ -417,6 +462,7 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
             ("guest_note", &v.guest_note),
             ("guest_context", &v.guest_context),
             ("vmx", &v.vmx),
+            ("host_parked", &v.host_parked),
         ] {
             if r.verdict.is_failure() {
                 failures.push(format!(
@@ -458,21 +504,22 @@ impl CheckReport {
         }
         let _ = writeln!(
             s,
-            "\n{:>4}  {:<18} {:<18} {:<9} {:<9} {:<13} {:<9}",
-            "vcpu", "host rip", "guest rip", "host", "guest", "guest ctx", "vmx"
+            "\n{:>4}  {:<18} {:<18} {:<9} {:<9} {:<13} {:<9} {:<9}",
+            "vcpu", "host rip", "guest rip", "host", "guest", "guest ctx", "vmx", "parked"
         );
         let hex = |v: Option<u64>| v.map(|v| format!("{v:#x}")).unwrap_or_else(|| "-".into());
         for v in &self.vcpus {
             let _ = writeln!(
                 s,
-                "{:>4}  {:<18} {:<18} {:<9} {:<9} {:<13} {:<9}",
+                "{:>4}  {:<18} {:<18} {:<9} {:<9} {:<13} {:<9} {:<9}",
                 v.vcpu,
                 hex(v.host_rip),
                 hex(v.guest_rip),
                 v.host_note.verdict.label(),
                 v.guest_note.verdict.label(),
                 v.guest_context.verdict.label(),
-                v.vmx.verdict.label()
+                v.vmx.verdict.label(),
+                v.host_parked.verdict.label()
             );
         }
         if self.ok {

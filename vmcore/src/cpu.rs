@@ -43,6 +43,26 @@ impl Segment {
             | ((g as u32) << 23)
     }
 
+    /// From KVM's `kvm_segment` (an unusable segment reads as not present,
+    /// as in QEMU).
+    pub fn from_kvm(k: &kvm_bindings::kvm_segment) -> Self {
+        Segment {
+            selector: k.selector,
+            base: k.base,
+            limit: k.limit,
+            flags: Self::flags_from_parts(
+                k.type_,
+                k.s != 0,
+                k.dpl,
+                k.present != 0 && k.unusable == 0,
+                k.avl != 0,
+                k.l != 0,
+                k.db != 0,
+                k.g != 0,
+            ),
+        }
+    }
+
     fn to_qemu(self) -> QemuCpuSegment {
         QemuCpuSegment {
             selector: self.selector as u32,
@@ -114,6 +134,65 @@ pub struct CpuState {
 }
 
 impl CpuState {
+    /// Fill from KVM_GET_REGS and KVM_GET_SREGS plus the
+    /// IA32_KERNEL_GS_BASE MSR. FS/GS base come from the segment caches
+    /// (equal to the MSRs in 64-bit mode).
+    pub fn from_kvm(
+        vcpu: u32,
+        apic_id: u32,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+        kernel_gs_base: u64,
+    ) -> Self {
+        CpuState {
+            vcpu,
+            apic_id,
+            rax: regs.rax,
+            rbx: regs.rbx,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            rsi: regs.rsi,
+            rdi: regs.rdi,
+            rsp: regs.rsp,
+            rbp: regs.rbp,
+            r8: regs.r8,
+            r9: regs.r9,
+            r10: regs.r10,
+            r11: regs.r11,
+            r12: regs.r12,
+            r13: regs.r13,
+            r14: regs.r14,
+            r15: regs.r15,
+            rip: regs.rip,
+            rflags: regs.rflags,
+            cs: Segment::from_kvm(&sregs.cs),
+            ds: Segment::from_kvm(&sregs.ds),
+            es: Segment::from_kvm(&sregs.es),
+            fs: Segment::from_kvm(&sregs.fs),
+            gs: Segment::from_kvm(&sregs.gs),
+            ss: Segment::from_kvm(&sregs.ss),
+            ldt: Segment::from_kvm(&sregs.ldt),
+            tr: Segment::from_kvm(&sregs.tr),
+            gdt: DescriptorTable {
+                base: sregs.gdt.base,
+                limit: sregs.gdt.limit,
+            },
+            idt: DescriptorTable {
+                base: sregs.idt.base,
+                limit: sregs.idt.limit,
+            },
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            cr8: sregs.cr8,
+            efer: sregs.efer,
+            fs_base: sregs.fs.base,
+            gs_base: sregs.gs.base,
+            kernel_gs_base,
+        }
+    }
+
     /// The `elf_prstatus` gdb reads: `pr_pid = vcpu + 1`, `orig_rax = -1`
     /// (not in a syscall).
     pub fn to_prstatus(&self) -> ElfPrstatus {
@@ -321,6 +400,40 @@ mod tests {
         let q = c.to_qemu();
         assert_eq!(q.rip, 0x1234);
         assert_eq!(q.size, 440);
+    }
+
+    #[test]
+    fn from_kvm_copies_registers_and_packs_segments() {
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0x10_0040,
+            rsp: 0x7000,
+            r15: 15,
+            ..Default::default()
+        };
+        let sregs = kvm_bindings::kvm_sregs {
+            cs: kvm_bindings::kvm_segment {
+                selector: 8,
+                type_: 0xb,
+                s: 1,
+                present: 1,
+                l: 1,
+                g: 1,
+                limit: 0xffff_ffff,
+                ..Default::default()
+            },
+            gs: kvm_bindings::kvm_segment {
+                base: 0xffff_8000_0000_1000,
+                ..Default::default()
+            },
+            cr3: 0x1000,
+            ..Default::default()
+        };
+        let c = CpuState::from_kvm(1, 1, &regs, &sregs, 0x42);
+        assert_eq!(c.rip, 0x10_0040);
+        assert_eq!(c.cs.flags, 0x00a0_9b00);
+        assert_eq!(c.gs_base, 0xffff_8000_0000_1000);
+        assert_eq!(c.to_qemu().kernel_gs_base, 0x42);
+        assert_eq!(c.to_prstatus().pr_reg[reg::GS_BASE], 0xffff_8000_0000_1000);
     }
 
     #[test]

@@ -159,3 +159,29 @@ fn exe_load_bias() -> u64 {
         u64::from_str_radix(line.split_whitespace().nth(2).expect("off"), 16).expect("hex");
     start - offset
 }
+
+#[test]
+fn stopped_cpus_must_be_parked_in_the_stop_loop() {
+    let mut g = guest(&[0, 1, 2, 3], &[]);
+    // Host RIPs are TEXT.0 + 0x40 + vcpu; the loop covers vCPUs 0..=2's.
+    let extra = format!(
+        "SYMBOL(stop_loop_start)={:x}\nSYMBOL(stop_loop_end)={:x}\n",
+        TEXT.0 + 0x40,
+        TEXT.0 + 0x42
+    );
+    g.vmcoreinfo.as_mut().expect("vmcoreinfo").push_str(&extra);
+    let (r, _) = run(&g, "check-parked");
+    let parked: Vec<Verdict> = r.vcpus.iter().map(|v| v.host_parked.verdict).collect();
+    // vCPU 2 panicked (SYMBOL(panic_cpu) holds 2).
+    assert_eq!(
+        parked,
+        vec![
+            Verdict::Pass,
+            Verdict::Pass,
+            Verdict::Skipped,
+            Verdict::Fail
+        ]
+    );
+    assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+    assert!(r.failures[0].contains("host_parked"));
+}

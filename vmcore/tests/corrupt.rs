@@ -5,8 +5,10 @@ mod common;
 use common::*;
 use vmcore::{check, info, CheckOptions, ReadError, Vmcore};
 
-fn small_core() -> Vec<u8> {
-    let dir = test_dir("corrupt-src");
+/// A small intact vmcore; `name` keeps parallel tests out of each other's
+/// directories.
+fn small_core(name: &str) -> Vec<u8> {
+    let dir = test_dir(name);
     let mut g = guest(&[0, 1, 2, 3], &[]);
     // Keep it small: 64 KiB of RAM per region is enough for headers+notes.
     g.low.truncate(64 << 10);
@@ -29,7 +31,7 @@ fn exercise(bytes: Vec<u8>) -> Result<(), ReadError> {
 
 #[test]
 fn truncation_at_any_header_offset_is_an_error() {
-    let raw = small_core();
+    let raw = small_core("corrupt-truncate");
     let notes_end = {
         let core = Vmcore::from_bytes(raw.clone()).expect("intact parses");
         core.loads()[0].offset as usize
@@ -49,7 +51,7 @@ fn truncation_at_any_header_offset_is_an_error() {
 
 #[test]
 fn flipped_bytes_never_panic() {
-    let raw = small_core();
+    let raw = small_core("corrupt-flip");
     let header_len = Vmcore::from_bytes(raw.clone()).expect("parses").loads()[0].offset as usize;
     let mut seed = 0x1234_5678_9abc_def0u64;
     for at in 0..header_len {
@@ -83,7 +85,7 @@ fn set_u64(b: &mut [u8], at: usize, v: u64) {
 
 #[test]
 fn specific_damage_gives_specific_errors() {
-    let raw = small_core();
+    let raw = small_core("corrupt-specific");
     let mut b = raw.clone();
     b[4] = 1; // ELFCLASS32
     assert!(matches!(

@@ -35,6 +35,8 @@
 //! | [`VMCOREINFO_PANIC_CPU`] `SYMBOL(panic_cpu)` | hex | optional: **physical** address of a u32 holding the panicking CPU, `u32::MAX` if none |
 //! | [`VMCOREINFO_PSTORE`] `SYMBOL(pstore)` | hex | optional: **physical** address of the kmsg_dump region: `"PSTORE01"`, u32 text length, u32 0, u64 first and u64 one-past-last line sequence number, then the text (oldest first) at offset 32; all zero until a kmsg_dump ran |
 //! | [`VMCOREINFO_PSTORE_LEN`] `NUMBER(pstore_len)` | decimal | size of that region in bytes, header included |
+//! | [`VMCOREINFO_STOP_LOOP_START`] `SYMBOL(stop_loop_start)` | hex | optional: **virtual** start of the code where stopped CPUs halt for good |
+//! | [`VMCOREINFO_STOP_LOOP_END`] `SYMBOL(stop_loop_end)` | hex | its end, **inclusive** (RIP after a final `hlt` may equal it) |
 //!
 //! Physical addresses are given because the guest identity-maps low memory
 //! and the VMM reads guest RAM by GPA; `SYMBOL(...)` values are hex as in
@@ -605,6 +607,10 @@ pub const VMCOREINFO_PANIC_CPU: &str = "SYMBOL(panic_cpu)";
 pub const VMCOREINFO_PSTORE: &str = "SYMBOL(pstore)";
 /// VMCOREINFO key: size of the kmsg_dump region.
 pub const VMCOREINFO_PSTORE_LEN: &str = "NUMBER(pstore_len)";
+/// VMCOREINFO key (optional): virtual start of the stopped-CPU halt loop.
+pub const VMCOREINFO_STOP_LOOP_START: &str = "SYMBOL(stop_loop_start)";
+/// VMCOREINFO key: virtual end of the stopped-CPU halt loop (inclusive).
+pub const VMCOREINFO_STOP_LOOP_END: &str = "SYMBOL(stop_loop_end)";
 /// VMCOREINFO key: kernel release string.
 pub const VMCOREINFO_OSRELEASE: &str = "OSRELEASE";
 /// VMCOREINFO key: page size.

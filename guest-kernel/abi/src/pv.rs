@@ -44,67 +44,70 @@ pub const REGISTER_WIDTH: usize = 4;
 /// width or offset), and what an absent device reads as.
 pub const INVALID_READ: u32 = u32::MAX;
 
-/// The paravirtual VMX model (this host has no VMX; DESIGN.md section 6).
-///
-/// The device behaves like the VMX instructions of one logical processor per
-/// vCPU, with the SDM's success/failure conventions. The guest puts the
-/// operand in the argument registers, writes the instruction's command code
-/// to [`COMMAND`], and reads [`STATUS`]:
-///
-/// | offset | name | access | per vCPU | meaning |
-/// |--------|------|--------|----------|---------|
-/// | 0x00 | [`ID`] | R | | [`ID_MAGIC`] (`"PVMX"`) |
-/// | 0x04 | [`REVISION`] | R | | the VMCS revision identifier, [`VMCS_REVISION`] (IA32_VMX_BASIC bits 30:0) |
-/// | 0x08 | [`ARG_LO`] | RW | yes | operand bits 31:0: a GPA (VMXON, VMPTRLD, VMCLEAR), the value (VMWRITE); result of VMREAD and VMPTRST |
-/// | 0x0C | [`ARG_HI`] | RW | yes | operand bits 63:32 |
-/// | 0x10 | [`FIELD`] | RW | yes | VMCS field encoding for VMREAD / VMWRITE (SDM appendix B; see [`field`]) |
-/// | 0x14 | [`COMMAND`] | W (R: last command) | yes | writing a [`cmd`] code executes it, synchronously |
-/// | 0x18 | [`STATUS`] | R | yes | outcome of the last command, a [`status`] code |
-/// | 0x1C | [`ERROR`] | R | yes | VM-instruction error number (see [`error`]) of the last command if it ended in VMfailValid, else 0 |
-///
-/// # Semantics (as the real instructions)
-///
-/// - **Outside VMX operation** every command but VMXON ends in
-///   [`status::UD`] (the instruction would raise #UD).
-/// - **VMfail(n)** means [`status::FAIL_VALID`] with `n` in [`ERROR`] and in
-///   the current VMCS's VM-instruction error field
-///   ([`field::VM_INSTRUCTION_ERROR`], readable with VMREAD) when a VMCS is
-///   current; [`status::FAIL_INVALID`] otherwise.
-/// - **Addresses** must be 4 KiB aligned and the whole 4 KiB page must be
-///   guest RAM; otherwise the "invalid physical address" failure applies.
-/// - **VMXON** (ARG = region GPA): the region's first 4 bytes must hold
-///   [`VMCS_REVISION`] (the guest writes it first, as on hardware). Bad
-///   address or revision: VMfailInvalid. Already in VMX operation:
-///   VMfail([`error::VMXON_IN_VMX_ROOT`]). Success leaves no VMCS current.
-/// - **VMPTRLD** (ARG = VMCS GPA): bad address: VMfail([`error::VMPTRLD_INVALID_ADDRESS`]);
-///   the VMXON region: VMfail([`error::VMPTRLD_VMXON_POINTER`]); revision in
-///   memory not [`VMCS_REVISION`]: VMfail([`error::VMPTRLD_BAD_REVISION`]).
-///   A VMCS not yet active on this vCPU is loaded from its region (the
-///   [`VmcsHeader`] format; a count above [`VMCS_MAX_RECORDS`] loads as an
-///   empty VMCS), then cached "in the CPU".
-/// - **VMPTRST**: ARG = the current-VMCS pointer, all ones if none.
-/// - **VMCLEAR** (ARG = VMCS GPA): bad address: VMfail([`error::VMCLEAR_INVALID_ADDRESS`]);
-///   the VMXON region: VMfail([`error::VMCLEAR_VMXON_POINTER`]). If the VMCS
-///   is active on this vCPU, its cached contents are written to its region
-///   in the [`VmcsHeader`] format and it stops being active; if it was
-///   current, the current-VMCS pointer becomes invalid (all ones). Clearing
-///   a VMCS that is not active writes nothing and succeeds.
-/// - **VMREAD** (FIELD) / **VMWRITE** (FIELD, ARG): no current VMCS:
-///   VMfailInvalid. An encoding with reserved bits set, or a high access to
-///   a field that is not 64-bit: VMfail([`error::UNSUPPORTED_COMPONENT`]);
-///   VMWRITE to a read-only-data field: VMfail([`error::VMWRITE_READ_ONLY`]);
-///   a VMCS already holding [`VMCS_MAX_RECORDS`] other fields:
-///   VMfail([`error::UNSUPPORTED_COMPONENT`]). Values are truncated to the
-///   field's width; a field never written reads as 0. VMREAD puts the value
-///   in ARG.
-/// - **VMXOFF**: leaves VMX operation. Like hardware, it does not write back
-///   active VMCSs: their cached contents are lost, and the VMM records that
-///   (this is the state the 2016 kdump bug leaves behind).
-///
-/// A vCPU caches at most [`MAX_ACTIVE_VMCS`] VMCSs; loading one more writes
-/// the least recently loaded non-current one back to memory first (hardware
-/// may write back at any time, too).
 pub mod vmx {
+    //! The paravirtual VMX model (this host has no VMX; DESIGN.md section 6).
+    //!
+    //! The device behaves like the VMX instructions of one logical processor per
+    //! vCPU, with the SDM's success/failure conventions. The guest puts the
+    //! operand in the argument registers, writes the instruction's command code
+    //! to [`COMMAND`], and reads [`STATUS`]:
+    //!
+    //! | offset | name | access | per vCPU | meaning |
+    //! |--------|------|--------|----------|---------|
+    //! | 0x00 | [`ID`] | R | | [`ID_MAGIC`] (`"PVMX"`) |
+    //! | 0x04 | [`REVISION`] | R | | the VMCS revision identifier, [`VMCS_REVISION`] (IA32_VMX_BASIC bits 30:0) |
+    //! | 0x08 | [`ARG_LO`] | RW | yes | operand bits 31:0: a GPA (VMXON, VMPTRLD, VMCLEAR), the value (VMWRITE); result of VMREAD and VMPTRST |
+    //! | 0x0C | [`ARG_HI`] | RW | yes | operand bits 63:32 |
+    //! | 0x10 | [`FIELD`] | RW | yes | VMCS field encoding for VMREAD / VMWRITE (SDM appendix B; see [`field`]) |
+    //! | 0x14 | [`COMMAND`] | W (R: last command) | yes | writing a [`cmd`] code executes it, synchronously |
+    //! | 0x18 | [`STATUS`] | R | yes | outcome of the last command, a [`status`] code |
+    //! | 0x1C | [`ERROR`] | R | yes | VM-instruction error number (see [`error`]) of the last command if it ended in VMfailValid, else 0 |
+    //!
+    //! # Semantics (as the real instructions)
+    //!
+    //! - **Outside VMX operation** every command but VMXON ends in
+    //!   [`status::UD`] (the instruction would raise #UD).
+    //! - **VMfail(n)** means [`status::FAIL_VALID`] with `n` in [`ERROR`] and in
+    //!   the current VMCS's VM-instruction error field
+    //!   ([`field::VM_INSTRUCTION_ERROR`], readable with VMREAD) when a VMCS is
+    //!   current; [`status::FAIL_INVALID`] otherwise.
+    //! - **Addresses** must be 4 KiB aligned and the whole 4 KiB page must be
+    //!   guest RAM; otherwise the "invalid physical address" failure applies.
+    //! - **VMXON** (ARG = region GPA): the region's first 4 bytes must hold
+    //!   [`VMCS_REVISION`] (the guest writes it first, as on hardware). Bad
+    //!   address or revision: VMfailInvalid. Already in VMX operation:
+    //!   VMfail([`error::VMXON_IN_VMX_ROOT`]). Success leaves no VMCS current.
+    //! - **VMPTRLD** (ARG = VMCS GPA): bad address: VMfail([`error::VMPTRLD_INVALID_ADDRESS`]);
+    //!   the VMXON region: VMfail([`error::VMPTRLD_VMXON_POINTER`]); revision in
+    //!   memory not [`VMCS_REVISION`]: VMfail([`error::VMPTRLD_BAD_REVISION`]).
+    //!   A VMCS not yet active on this vCPU is loaded from its region (the
+    //!   [`VmcsHeader`] format; a count above [`VMCS_MAX_RECORDS`] loads as an
+    //!   empty VMCS, and records with an invalid or repeated encoding are
+    //!   skipped), then cached "in the CPU".
+    //! - **VMPTRST**: ARG = the current-VMCS pointer, all ones if none.
+    //! - **VMCLEAR** (ARG = VMCS GPA): bad address: VMfail([`error::VMCLEAR_INVALID_ADDRESS`]);
+    //!   the VMXON region: VMfail([`error::VMCLEAR_VMXON_POINTER`]). If the VMCS
+    //!   is active on this vCPU, its cached contents are written to its region
+    //!   in the [`VmcsHeader`] format and it stops being active; if it was
+    //!   current, the current-VMCS pointer becomes invalid (all ones). Clearing
+    //!   a VMCS that is not active writes nothing and succeeds.
+    //! - **VMREAD** (FIELD) / **VMWRITE** (FIELD, ARG): no current VMCS:
+    //!   VMfailInvalid. An encoding with reserved bits set, or a high access to
+    //!   a field that is not 64-bit: VMfail([`error::UNSUPPORTED_COMPONENT`]);
+    //!   VMWRITE to a read-only-data field: VMfail([`error::VMWRITE_READ_ONLY`]);
+    //!   a new field in a VMCS already holding [`VMCS_MAX_FIELDS`] fields
+    //!   (not counting the VM-instruction error field, which always has room):
+    //!   VMfail([`error::UNSUPPORTED_COMPONENT`]). Values are truncated to the
+    //!   field's width; a field never written reads as 0. VMREAD puts the value
+    //!   in ARG.
+    //! - **VMXOFF**: leaves VMX operation. Like hardware, it does not write back
+    //!   active VMCSs: their cached contents are lost, and the VMM records that
+    //!   (this is the state the 2016 kdump bug leaves behind).
+    //!
+    //! A vCPU caches at most [`MAX_ACTIVE_VMCS`] VMCSs; loading one more writes
+    //! the least recently loaded non-current one back to memory first (hardware
+    //! may write back at any time, too).
+
     /// Read-only magic at offset 0.
     pub const ID: u64 = 0x00;
     /// Read-only VMCS revision identifier.
@@ -250,8 +253,11 @@ pub mod vmx {
     pub const VMCS_HEADER_SIZE: usize = 16;
     /// Size of [`VmcsRecord`].
     pub const VMCS_RECORD_SIZE: usize = 16;
-    /// Most fields one VMCS holds: as many records as fit in the region.
+    /// Most records a VMCS region holds: as many as fit in 4 KiB.
     pub const VMCS_MAX_RECORDS: usize = (VMCS_REGION_SIZE - VMCS_HEADER_SIZE) / VMCS_RECORD_SIZE;
+    /// Most fields VMWRITE can fill in one VMCS, besides the VM-instruction
+    /// error field (one record is kept for it).
+    pub const VMCS_MAX_FIELDS: usize = VMCS_MAX_RECORDS - 1;
 
     /// The head of a VMCS region as VMCLEAR writes it (all little-endian).
     ///
@@ -290,22 +296,23 @@ pub mod vmx {
     }
 }
 
-/// LKDTM-style crash injection.
-///
-/// The VMM stores a pending [`CrashType`] for a target vCPU and then
-/// interrupts it: a fixed interrupt with vector [`CRASH_VECTOR`], or an NMI
-/// for [`CrashType::NmiPanic`]. The guest's handler (its NMI handler, for
-/// NMIs) reads [`COMMAND`], which returns the reading vCPU's pending code
-/// and clears it (0 = nothing pending), and then crashes as told. It may
-/// write the step it reached to [`ACK`] (for tests; see [`ack`]).
-///
-/// | offset | name | access | per vCPU | meaning |
-/// |--------|------|--------|----------|---------|
-/// | 0x00 | [`ID`] | R | | [`ID_MAGIC`] (`"LKDT"`) |
-/// | 0x04 | [`COMMAND`] | R | yes | pending [`CrashType`] code, then 0 (read clears) |
-/// | 0x08 | [`ACK`] | W | yes | the step the guest reached, an [`ack`] code |
-/// | 0x0C | [`VECTOR`] | R | | [`CRASH_VECTOR`] |
 pub mod crash {
+    //! LKDTM-style crash injection.
+    //!
+    //! The VMM stores a pending [`CrashType`] for a target vCPU and then
+    //! interrupts it: a fixed interrupt with vector [`CRASH_VECTOR`], or an NMI
+    //! for [`CrashType::NmiPanic`]. The guest's handler (its NMI handler, for
+    //! NMIs) reads [`COMMAND`], which returns the reading vCPU's pending code
+    //! and clears it (0 = nothing pending), and then crashes as told. It may
+    //! write the step it reached to [`ACK`] (for tests; see [`ack`]).
+    //!
+    //! | offset | name | access | per vCPU | meaning |
+    //! |--------|------|--------|----------|---------|
+    //! | 0x00 | [`ID`] | R | | [`ID_MAGIC`] (`"LKDT"`) |
+    //! | 0x04 | [`COMMAND`] | R | yes | pending [`CrashType`] code, then 0 (read clears) |
+    //! | 0x08 | [`ACK`] | W | yes | the step the guest reached, an [`ack`] code |
+    //! | 0x0C | [`VECTOR`] | R | | [`CRASH_VECTOR`] |
+
     /// Read-only magic at offset 0.
     pub const ID: u64 = 0x00;
     /// Pending crash command, read-and-clear (per vCPU).
@@ -339,6 +346,10 @@ pub mod crash {
         /// First value free for guest-specific steps.
         pub const GUEST_DEFINED: u32 = 0x100;
     }
+
+    // HARDLOCKUP and CONSOLE_LOCKED need a second CPU to panic: the device
+    // interrupts only the target, and the guest picks the CPU that panics
+    // (the target may ACK HELPER_READY once its part is in place).
 
     /// A way to crash, with its code (the [`COMMAND`] value).
     #[repr(u32)]
@@ -450,7 +461,8 @@ pub mod crash {
             self.info().name
         }
 
-        /// The type named `name`, ignoring ASCII case.
+        /// The type named `name`, ignoring ASCII case. A host-side helper:
+        /// the guest works with codes ([`CrashType::from_code`]).
         pub fn from_name(name: &str) -> Option<Self> {
             CRASH_TYPES
                 .iter()
@@ -466,25 +478,26 @@ pub mod crash {
     }
 }
 
-/// VMCOREINFO registration (the register version of QEMU's `vmcoreinfo`
-/// fw_cfg device, docs/specs/vmcoreinfo.rst).
-///
-/// The guest writes the physical address and size of its VMCOREINFO ELF
-/// note (a whole note: `Elf64_Nhdr`, name `"VMCOREINFO"`, `KEY=value\n`
-/// text), then commits by writing the format to [`FORMAT`]. [`STATUS`] then
-/// tells whether the VMM accepted it. Writing [`FORMAT_NONE`] unregisters.
-///
-/// | offset | name | access | meaning |
-/// |--------|------|--------|---------|
-/// | 0x00 | [`ID`] | R | [`ID_MAGIC`] (`"VMCI"`) |
-/// | 0x04 | [`PADDR_LO`] | RW | note GPA bits 31:0 |
-/// | 0x08 | [`PADDR_HI`] | RW | note GPA bits 63:32 |
-/// | 0x0C | [`SIZE`] | RW | note size in bytes, 1..=[`MAX_SIZE`] |
-/// | 0x10 | [`FORMAT`] | W: commit with this guest format; R: formats the host supports ([`HOST_FORMATS`]) |
-/// | 0x14 | [`STATUS`] | R | outcome of the last commit, a [`status`] code |
-///
-/// The registers are global (not per vCPU).
 pub mod vmcoreinfo {
+    //! VMCOREINFO registration (the register version of QEMU's `vmcoreinfo`
+    //! fw_cfg device, docs/specs/vmcoreinfo.rst).
+    //!
+    //! The guest writes the physical address and size of its VMCOREINFO ELF
+    //! note (a whole note: `Elf64_Nhdr`, name `"VMCOREINFO"`, `KEY=value\n`
+    //! text), then commits by writing the format to [`FORMAT`]. [`STATUS`] then
+    //! tells whether the VMM accepted it. Writing [`FORMAT_NONE`] unregisters.
+    //!
+    //! | offset | name | access | meaning |
+    //! |--------|------|--------|---------|
+    //! | 0x00 | [`ID`] | R | [`ID_MAGIC`] (`"VMCI"`) |
+    //! | 0x04 | [`PADDR_LO`] | RW | note GPA bits 31:0 |
+    //! | 0x08 | [`PADDR_HI`] | RW | note GPA bits 63:32 |
+    //! | 0x0C | [`SIZE`] | RW | note size in bytes, 1..=[`MAX_SIZE`] |
+    //! | 0x10 | [`FORMAT`] | RW | write: commit with this guest format; read: formats the host supports ([`HOST_FORMATS`]) |
+    //! | 0x14 | [`STATUS`] | R | outcome of the last commit, a [`status`] code |
+    //!
+    //! The registers are global (not per vCPU).
+
     /// Read-only magic at offset 0.
     pub const ID: u64 = 0x00;
     /// Note GPA bits 31:0.
@@ -528,35 +541,36 @@ pub mod vmcoreinfo {
     }
 }
 
-/// The kexec handover and vmcore-ready device.
-///
-/// The guest writes the arguments, then the command code to [`CMD`], and
-/// reads [`STATUS`]. Registers are global (only the panicking CPU, or the
-/// single CPU of the capture kernel, uses the device).
-///
-/// | offset | name | access | meaning |
-/// |--------|------|--------|---------|
-/// | 0x00 | [`ID`] | R | [`ID_MAGIC`] (`"KDMP"`) |
-/// | 0x04 | [`ARG0_LO`] | RW | argument 0 bits 31:0 |
-/// | 0x08 | [`ARG0_HI`] | RW | argument 0 bits 63:32 |
-/// | 0x0C | [`ARG1_LO`] | RW | argument 1 bits 31:0 |
-/// | 0x10 | [`ARG1_HI`] | RW | argument 1 bits 63:32 |
-/// | 0x14 | [`CMD`] | W (R: last command) | a [`cmd`] code; acts on the arguments |
-/// | 0x18 | [`STATUS`] | R | outcome of the last command, a [`status`] code |
-///
-/// Commands:
-/// - [`cmd::KEXEC_HANDOVER`]: the first kernel, after `machine_crash_shutdown`,
-///   is about to jump to the capture kernel. ARG0 = capture kernel entry
-///   (GPA), ARG1 = elfcorehdr GPA. Sent before the jump; the VMM lets the
-///   guest run on.
-/// - [`cmd::VMCORE_READY`]: the capture kernel validated the elfcorehdr.
-///   ARG0 = elfcorehdr GPA, ARG1 = its size in bytes (1..=[`MAX_ELFCOREHDR_SIZE`]).
-///   The VMM then writes the vmcore from it (treating it as hostile).
-/// - [`cmd::CAPTURE_FAILED`]: kdump cannot go on. ARG0 = a [`reason`] code,
-///   ARG1 = a detail value (reason-specific, 0 if none). Sent by the capture
-///   kernel, or by the first kernel when its pre-jump checks fail (it then
-///   carries on down the no-kdump path).
 pub mod kdump {
+    //! The kexec handover and vmcore-ready device.
+    //!
+    //! The guest writes the arguments, then the command code to [`CMD`], and
+    //! reads [`STATUS`]. Registers are global (only the panicking CPU, or the
+    //! single CPU of the capture kernel, uses the device).
+    //!
+    //! | offset | name | access | meaning |
+    //! |--------|------|--------|---------|
+    //! | 0x00 | [`ID`] | R | [`ID_MAGIC`] (`"KDMP"`) |
+    //! | 0x04 | [`ARG0_LO`] | RW | argument 0 bits 31:0 |
+    //! | 0x08 | [`ARG0_HI`] | RW | argument 0 bits 63:32 |
+    //! | 0x0C | [`ARG1_LO`] | RW | argument 1 bits 31:0 |
+    //! | 0x10 | [`ARG1_HI`] | RW | argument 1 bits 63:32 |
+    //! | 0x14 | [`CMD`] | W (R: last command) | a [`cmd`] code; acts on the arguments |
+    //! | 0x18 | [`STATUS`] | R | outcome of the last command, a [`status`] code |
+    //!
+    //! Commands:
+    //! - [`cmd::KEXEC_HANDOVER`]: the first kernel, after `machine_crash_shutdown`,
+    //!   is about to jump to the capture kernel. ARG0 = capture kernel entry
+    //!   (GPA), ARG1 = elfcorehdr GPA. Sent before the jump; the VMM lets the
+    //!   guest run on.
+    //! - [`cmd::VMCORE_READY`]: the capture kernel validated the elfcorehdr.
+    //!   ARG0 = elfcorehdr GPA, ARG1 = its size in bytes (1..=[`MAX_ELFCOREHDR_SIZE`]).
+    //!   The VMM then writes the vmcore from it (treating it as hostile).
+    //! - [`cmd::CAPTURE_FAILED`]: kdump cannot go on. ARG0 = a [`reason`] code,
+    //!   ARG1 = a detail value (reason-specific, 0 if none). Sent by the capture
+    //!   kernel, or by the first kernel when its pre-jump checks fail (it then
+    //!   carries on down the no-kdump path).
+
     /// Read-only magic at offset 0.
     pub const ID: u64 = 0x00;
     /// Argument 0 bits 31:0.
@@ -668,6 +682,51 @@ mod tests {
         assert_eq!(CrashType::from_code(u32::MAX), None);
         assert!(CrashType::NmiPanic.delivered_by_nmi());
         assert!(!CrashType::Panic.delivered_by_nmi());
+    }
+
+    #[test]
+    fn port_blocks_are_disjoint_and_clear_of_the_pc_platform() {
+        use crate::ports::*;
+        let blocks = [
+            (PV_VMX, PV_VMX_LEN),
+            (CRASH_CONTROL, CRASH_CONTROL_LEN),
+            (VMCOREINFO, VMCOREINFO_LEN),
+            (KDUMP, KDUMP_LEN),
+        ];
+        // Ports the platform or QEMU's `pc` machine already uses: COM1, ACPI
+        // PM, reset control, pvpanic, fw_cfg (0x510..=0x51b), PIC, PIT, RTC,
+        // POST, i8042, PCI config.
+        let taken = [
+            (COM1, COM1_LEN),
+            (PM1A_EVT_BLK, PM1A_EVT_LEN),
+            (PM1A_CNT_BLK, PM1A_CNT_LEN),
+            (PM_TMR_BLK, PM_TMR_LEN),
+            (RESET_CONTROL, 1),
+            (PVPANIC, 1),
+            (0x510, 0xc),
+            (0x20, 2),
+            (0xa0, 2),
+            (0x40, 4),
+            (0x60, 5),
+            (0x70, 2),
+            (0x80, 1),
+            (0xcf8, 8),
+        ];
+        let overlap = |(a, al): (u16, u16), (b, bl): (u16, u16)| a < b + bl && b < a + al;
+        for (i, &block) in blocks.iter().enumerate() {
+            assert_eq!(block.0 % 4, 0, "32-bit registers need aligned blocks");
+            for &other in &blocks[i + 1..] {
+                assert!(!overlap(block, other), "{block:x?} overlaps {other:x?}");
+            }
+            for &used in &taken {
+                assert!(!overlap(block, used), "{block:x?} overlaps {used:x?}");
+            }
+        }
+        // The register maps fit their blocks.
+        assert!(ERROR < u64::from(PV_VMX_LEN));
+        assert!(super::crash::VECTOR < u64::from(CRASH_CONTROL_LEN));
+        assert!(super::vmcoreinfo::STATUS < u64::from(VMCOREINFO_LEN));
+        assert!(super::kdump::STATUS < u64::from(KDUMP_LEN));
     }
 
     #[test]
