@@ -21,11 +21,49 @@ use guest_kernel::crashnote::{prstatus_from_frame, SegmentState};
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
 
-use crate::arch::cpu::{cli, data_selectors, halt_forever, hlt, IA32_FS_BASE, IA32_GS_BASE};
+use crate::arch::cpu::{cli, data_selectors, halt_forever, IA32_FS_BASE, IA32_GS_BASE};
 use crate::arch::traps::{register_irq_handler, register_nmi_handler, NmiAction};
 use crate::arch::{apic, percpu::current_cpu};
 use crate::time::Deadline;
 use crate::{console, panic, pv, smp};
+
+// The stop loop: where every stopped CPU halts for good (with interrupts
+// off; an NMI runs its handler and returns here). Its bounds are published
+// in VMCOREINFO (`SYMBOL(stop_loop_start)`, `SYMBOL(stop_loop_end)`,
+// inclusive) so the host can check that stopped vCPUs are parked in it.
+// Register contract: entered by call, never returns, clobbers nothing.
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.stop_loop, "ax"
+    .globl stop_loop_start
+    .globl stop_loop_end
+stop_loop_start:
+    cli
+1:  hlt
+    jmp 1b
+stop_loop_end:
+    .popsection
+    "#
+);
+
+extern "C" {
+    fn stop_loop_start() -> !;
+    static stop_loop_end: u8;
+}
+
+/// Bounds of the stop loop, `[start, end]`.
+pub fn stop_loop_bounds() -> (u64, u64) {
+    (
+        stop_loop_start as *const () as u64,
+        (&raw const stop_loop_end) as u64,
+    )
+}
+
+/// Halts this CPU for good in the stop loop.
+fn park() -> ! {
+    // SAFETY: the loop only disables interrupts and halts.
+    unsafe { stop_loop_start() }
+}
 
 /// The stop IPI vector (Linux x86 `REBOOT_VECTOR`).
 pub const REBOOT_VECTOR: u8 = 0xf8;
@@ -183,7 +221,7 @@ static STOP_NMI_TARGETS: AtomicU64 = AtomicU64::new(0);
 fn stop_this_cpu(cpu: usize) -> ! {
     set_state(cpu, CpuCrashState::Stopped);
     smp::set_offline(cpu);
-    halt_forever()
+    park()
 }
 
 fn reboot_vector_handler(_frame: &mut TrapFrame, cpu: usize) {
@@ -267,7 +305,7 @@ fn crash_nmi_callback(frame: &TrapFrame, cpu: usize) -> ! {
     set_state(cpu, CpuCrashState::SavedByNmi);
     smp::set_offline(cpu);
     SHOOTDOWN_ACKED.fetch_or(1 << (cpu % 64), Ordering::AcqRel);
-    halt_forever()
+    park()
 }
 
 /// The first NMI handler: the crash shootdown and the stop fallback.
@@ -320,10 +358,7 @@ pub fn crash_smp_send_stop() {
 /// interrupts off; it stays online, so the crash NMI still saves it.
 pub fn panic_smp_self_stop(cpu: usize) -> ! {
     set_state(cpu, CpuCrashState::SelfStopped);
-    cli();
-    loop {
-        hlt();
-    }
+    park()
 }
 
 // --- crash_kexec -------------------------------------------------------------

@@ -9,7 +9,8 @@ use guest_abi::elfnote::{
     VMCOREINFO_CRASH_NOTES, VMCOREINFO_CRASH_NOTES_STRIDE, VMCOREINFO_ETEXT, VMCOREINFO_KERNEL_CS,
     VMCOREINFO_LOG_BUF, VMCOREINFO_LOG_BUF_HEAD, VMCOREINFO_LOG_BUF_LEN, VMCOREINFO_NR_CPUS,
     VMCOREINFO_OSRELEASE, VMCOREINFO_PAGESIZE, VMCOREINFO_PANIC_CPU, VMCOREINFO_PANIC_MSG,
-    VMCOREINFO_PANIC_MSG_LEN, VMCOREINFO_PSTORE, VMCOREINFO_PSTORE_LEN,
+    VMCOREINFO_PANIC_MSG_LEN, VMCOREINFO_PSTORE, VMCOREINFO_PSTORE_LEN, VMCOREINFO_STOP_LOOP_END,
+    VMCOREINFO_STOP_LOOP_START,
 };
 use guest_kernel::kmsg::{pstore_header, PSTORE_HEADER_LEN};
 use guest_kernel::vmcoreinfo::{VmcoreinfoBuilder, VMCOREINFO_NOTE_MAX};
@@ -59,6 +60,7 @@ pub fn init_vmcoreinfo() {
     let (log_buf, log_len) = console::log_buf();
     let text = (&raw const __text_start) as u64;
     let etext = (&raw const __text_end) as u64;
+    let (stop_start, stop_end) = crash::stop_loop_bounds();
     let mut b = VmcoreinfoBuilder::new(buf);
     b.str(VMCOREINFO_OSRELEASE, env!("CARGO_PKG_VERSION").as_bytes())
         .dec(VMCOREINFO_PAGESIZE, 4096)
@@ -78,7 +80,9 @@ pub fn init_vmcoreinfo() {
         .dec(VMCOREINFO_PANIC_MSG_LEN, panic::PANIC_MSG_LEN as u64)
         .hex(VMCOREINFO_PANIC_CPU, (&raw const panic::PANIC_CPU) as u64)
         .hex(VMCOREINFO_PSTORE, PSTORE.0.get() as u64)
-        .dec(VMCOREINFO_PSTORE_LEN, PSTORE_LEN as u64);
+        .dec(VMCOREINFO_PSTORE_LEN, PSTORE_LEN as u64)
+        .hex(VMCOREINFO_STOP_LOOP_START, stop_start)
+        .hex(VMCOREINFO_STOP_LOOP_END, stop_end);
     let overflow = b.overflowed();
     let size = b.finish();
     VMCOREINFO_SIZE.store(size as u64, Ordering::Relaxed);
