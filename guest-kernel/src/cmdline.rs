@@ -155,7 +155,7 @@ impl Default for BootConfig {
 pub struct CrashAfterBoot {
     /// The crash type (`guest_abi::pv::crash::CrashType`).
     pub crash: CrashType,
-    /// The CPU that runs it (default 0).
+    /// The CPU that runs it (default 0); [`ALL_CPUS`] for `@all`.
     pub cpu: u32,
 }
 
@@ -252,10 +252,16 @@ pub fn crash_type_by_name(name: &[u8]) -> Option<CrashType> {
         .map(|info| info.crash)
 }
 
-/// Parses `TYPE[@CPU]`.
+/// `crash_after_boot=TYPE@all`: every online CPU runs the crash at once.
+pub const ALL_CPUS: u32 = u32::MAX;
+
+/// Parses `TYPE[@CPU|@all]`.
 pub fn parse_crash_after_boot(value: &[u8]) -> Option<CrashAfterBoot> {
     let (name, cpu) = match value.iter().position(|&b| b == b'@') {
-        Some(at) => (value.get(..at)?, parse_u64(value.get(at + 1..)?)?),
+        Some(at) => match value.get(at + 1..)? {
+            b"all" => (value.get(..at)?, ALL_CPUS as u64),
+            n => (value.get(..at)?, parse_u64(n)?),
+        },
         None => (value, 0),
     };
     Some(CrashAfterBoot {
@@ -460,6 +466,10 @@ mod tests {
         assert_eq!(bad.invalid, 8);
         assert_eq!(bad.panic, PanicKnobs::DEFAULT);
         assert_eq!(parse_crash_after_boot(b"PANIC").unwrap().cpu, 0);
+        assert_eq!(
+            parse_crash_after_boot(b"nmi_panic@all").unwrap().cpu,
+            ALL_CPUS
+        );
         assert_eq!(parse_i64(b"30"), Some(30));
     }
 }

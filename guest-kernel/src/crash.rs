@@ -356,9 +356,28 @@ pub fn crash_smp_send_stop() {
 
 /// `panic_smp_self_stop`: a CPU that lost the race to panic halts with
 /// interrupts off; it stays online, so the crash NMI still saves it.
+///
+/// In NMI context (`nmi_panic_self_stop`) NMIs are blocked, so the crash
+/// NMI could never arrive: the CPU polls for the shootdown (or the stop
+/// fallback) instead and runs the callback itself on its current context,
+/// as Linux's `run_crash_ipi_callback` does.
 pub fn panic_smp_self_stop(cpu: usize) -> ! {
     set_state(cpu, CpuCrashState::SelfStopped);
-    park()
+    if !crate::arch::traps::in_nmi(cpu) {
+        park()
+    }
+    cli();
+    let bit = 1u64 << (cpu % 64);
+    loop {
+        if SHOOTDOWN_TARGETS.load(Ordering::Acquire) & bit != 0 {
+            let regs = crash_setup_regs();
+            crash_nmi_callback(&regs, cpu);
+        }
+        if STOP_NMI_TARGETS.load(Ordering::Acquire) & bit != 0 {
+            stop_this_cpu(cpu);
+        }
+        core::hint::spin_loop();
+    }
 }
 
 // --- crash_kexec -------------------------------------------------------------

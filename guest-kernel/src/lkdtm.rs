@@ -11,7 +11,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use guest_abi::pv::crash::{ack, CrashType, CRASH_VECTOR};
-use guest_kernel::cmdline::CrashAfterBoot;
+use guest_kernel::cmdline::{CrashAfterBoot, ALL_CPUS};
 use guest_kernel::notifier::NotifierList;
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
@@ -221,8 +221,24 @@ pub fn init() {
 
 /// `crash_after_boot=`: runs on the boot CPU after `CPUs online`.
 pub fn crash_after_boot(req: CrashAfterBoot) {
-    let cpu = req.cpu as usize;
     let code = req.crash.code();
+    if req.cpu == ALL_CPUS {
+        // Every other online CPU first, then this one.
+        let me = current_cpu();
+        let mut m = smp::online_mask() & !(1u64 << (me % 64));
+        while m != 0 {
+            let c = m.trailing_zeros() as usize;
+            m &= m - 1;
+            post(c, code | RELAYED, req.crash.delivered_by_nmi());
+        }
+        if req.crash.delivered_by_nmi() {
+            post(me, code | RELAYED, true);
+        } else {
+            crash(code | RELAYED, false);
+        }
+        return;
+    }
+    let cpu = req.cpu as usize;
     if cpu == current_cpu() {
         crash(code, false);
         return;

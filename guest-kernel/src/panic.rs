@@ -250,14 +250,19 @@ fn flush_and_reboot(knobs: &PanicKnobs, msg: &[u8]) -> ! {
 }
 
 /// The unknown-NMI hook with `unknown_nmi_panic` (Linux `unknown_nmi_error`).
+///
+/// As Linux's `nmi_panic`: if another CPU is already panicking, this one
+/// stops itself (polling for the crash shootdown, since NMIs are blocked).
 pub fn unknown_nmi_panic(_frame: &mut crate::arch::traps::TrapFrame, cpu: usize) {
-    if panic_cpu().is_some() {
+    if panic_cpu() == Some(cpu as u32) {
         return;
     }
-    if let Some(mut line) = console::line_in_trap(false) {
-        line.str("Uhhuh. NMI received for unknown reason on CPU ")
-            .dec(cpu as u64)
-            .str(".\n");
+    if panic_cpu().is_none() {
+        if let Some(mut line) = console::line_in_trap(false) {
+            line.str("Uhhuh. NMI received for unknown reason on CPU ")
+                .dec(cpu as u64)
+                .str(".\n");
+        }
     }
     panic("NMI: Not continuing")
 }

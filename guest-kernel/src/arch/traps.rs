@@ -11,7 +11,7 @@
 //! honour `unknown_nmi_panic`), else the NMI is logged and ignored.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use guest_kernel::x86::descriptors::{exception_name, FIRST_IRQ_VECTOR, VECTOR_NMI};
 use guest_kernel::x86::layout::{TRAP_STUBS, TRAP_STUB_SIZE};
@@ -151,7 +151,22 @@ pub fn set_unknown_nmi_hook(hook: UnknownNmiHook) {
     UNKNOWN_NMI_HOOK.store(hook as usize, Ordering::Release);
 }
 
+/// Bit n set while CPU n runs its NMI handler (NMIs are blocked then).
+static IN_NMI: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the running CPU is inside its NMI handler.
+pub fn in_nmi(cpu: usize) -> bool {
+    IN_NMI.load(Ordering::Acquire) & (1 << (cpu % 64)) != 0
+}
+
 fn nmi(frame: &mut TrapFrame, cpu: usize) {
+    let bit = 1u64 << (cpu % 64);
+    IN_NMI.fetch_or(bit, Ordering::AcqRel);
+    nmi_handlers(frame, cpu);
+    IN_NMI.fetch_and(!bit, Ordering::AcqRel);
+}
+
+fn nmi_handlers(frame: &mut TrapFrame, cpu: usize) {
     let mut handled = false;
     for slot in &NMI_HANDLERS {
         let raw = slot.load(Ordering::Acquire);
