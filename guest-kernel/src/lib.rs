@@ -27,6 +27,7 @@ pub mod kmsg;
 pub mod memmap;
 pub mod notifier;
 pub mod panic_policy;
+pub mod pvvmx;
 pub mod sync;
 pub mod vmcoreinfo;
 pub mod x86;

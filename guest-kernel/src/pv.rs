@@ -60,9 +60,8 @@ pub mod vmx {
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
     use guest_abi::ports::PV_VMX;
-    use guest_abi::pv::vmx::{
-        cmd, field, status, ARG_HI, ARG_LO, COMMAND, FIELD, ID_MAGIC, REVISION, STATUS,
-    };
+    use guest_abi::pv::vmx::{field, ID_MAGIC, REVISION};
+    use guest_kernel::pvvmx::{self, PvVmxRegs};
     use guest_kernel::MAX_CPUS;
 
     use super::{inl, outl};
@@ -114,16 +113,16 @@ pub mod vmx {
         REAL.load(Ordering::Relaxed)
     }
 
-    fn pv_cmd(command: u32, arg: u64) -> u32 {
-        outl(PV_VMX, ARG_LO, arg as u32);
-        outl(PV_VMX, ARG_HI, (arg >> 32) as u32);
-        outl(PV_VMX, COMMAND, command);
-        inl(PV_VMX, STATUS)
-    }
+    /// The running CPU's pv_vmx registers (the device banks them per vCPU).
+    struct Ports;
 
-    fn pv_vmwrite(encoding: u32, value: u64) -> u32 {
-        outl(PV_VMX, FIELD, encoding);
-        pv_cmd(cmd::VMWRITE, value)
+    impl PvVmxRegs for Ports {
+        fn read(&mut self, offset: u64) -> u32 {
+            inl(PV_VMX, offset)
+        }
+        fn write(&mut self, offset: u64, value: u32) {
+            outl(PV_VMX, offset, value)
+        }
     }
 
     fn write_revision(pa: u64) {
@@ -146,17 +145,14 @@ pub mod vmx {
             // SAFETY: CPUID says VMX exists; see `real_enable`.
             unsafe { real_enable(vmxon, vmcs, stack_top) }
         } else {
-            pv_cmd(cmd::VMXON, vmxon) == status::SUCCEED
-                && pv_cmd(cmd::VMPTRLD, vmcs) == status::SUCCEED
-                && [
-                    (field::VMCS_LINK_POINTER, u64::MAX),
-                    (field::GUEST_RIP, init_cpu as *const () as u64),
-                    (field::GUEST_RSP, stack_top),
-                    (field::HOST_RSP, stack_top),
-                    (field::HOST_RIP, emergency_disable as *const () as u64),
-                ]
-                .iter()
-                .all(|&(f, v)| pv_vmwrite(f, v) == status::SUCCEED)
+            let fields = [
+                (field::VMCS_LINK_POINTER, u64::MAX),
+                (field::GUEST_RIP, init_cpu as *const () as u64),
+                (field::GUEST_RSP, stack_top),
+                (field::HOST_RSP, stack_top),
+                (field::HOST_RIP, emergency_disable as *const () as u64),
+            ];
+            pvvmx::enable(&mut Ports, vmxon, vmcs, &fields).is_ok()
         };
         if let Some(s) = STATE.get(cpu) {
             s.store(if ok { ON } else { FAILED }, Ordering::Release);
@@ -221,8 +217,7 @@ pub mod vmx {
                 write_cr4(read_cr4() & !CR4_VMXE);
             }
         } else {
-            pv_cmd(cmd::VMCLEAR, vmcs);
-            pv_cmd(cmd::VMXOFF, 0);
+            pvvmx::teardown(&mut Ports, vmcs);
         }
         s.store(TORN_DOWN, Ordering::Release);
     }
