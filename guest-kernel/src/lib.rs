@@ -22,6 +22,7 @@ pub mod acpi;
 pub mod cmdline;
 pub mod crashkernel;
 pub mod crashnote;
+pub mod elfcorehdr;
 pub mod fmt;
 pub mod kmsg;
 pub mod memmap;
