@@ -28,6 +28,7 @@ pub mod kmsg;
 pub mod memmap;
 pub mod notifier;
 pub mod panic_policy;
+pub mod pvdev;
 pub mod pvvmx;
 pub mod sync;
 pub mod vmcoreinfo;

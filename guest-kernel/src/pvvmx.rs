@@ -7,13 +7,7 @@
 
 use guest_abi::pv::vmx::{cmd, status, ARG_HI, ARG_LO, COMMAND, FIELD, STATUS};
 
-/// 32-bit access to the pv_vmx registers of the running CPU.
-pub trait PvVmxRegs {
-    /// Reads the register at `offset`.
-    fn read(&mut self, offset: u64) -> u32;
-    /// Writes the register at `offset`.
-    fn write(&mut self, offset: u64, value: u32);
-}
+pub use crate::pvdev::PvRegs as PvVmxRegs;
 
 /// Which step of enabling VMX failed, with the device status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
