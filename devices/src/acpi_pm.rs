@@ -238,16 +238,8 @@ impl BusDevice for Pm1ControlBlock {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    /// Collects events, as the VMM's queue would.
-    #[derive(Default)]
-    pub(crate) struct Events(pub Mutex<Vec<VmEvent>>);
-    impl EventSink for Events {
-        fn emit(&self, event: VmEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
+    use crate::test_utils::Recorder as Events;
 
     fn at(offset: u64, vcpu: u32) -> Access {
         Access {

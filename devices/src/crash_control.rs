@@ -315,14 +315,7 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<VmEvent>>);
-
-    impl EventSink for Recorder {
-        fn emit(&self, event: VmEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
+    use crate::test_utils::Recorder;
 
     struct Rig {
         dev: CrashControl,

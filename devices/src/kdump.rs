@@ -304,22 +304,8 @@ impl BusDevice for Kdump {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<VmEvent>>);
-
-    impl EventSink for Recorder {
-        fn emit(&self, event: VmEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
-
-    impl Recorder {
-        fn take(&self) -> Vec<VmEvent> {
-            std::mem::take(&mut self.0.lock().unwrap())
-        }
-    }
+    use crate::test_utils::Recorder;
 
     fn at(offset: u64, vcpu: u32) -> Access {
         Access {

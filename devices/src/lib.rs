@@ -18,6 +18,30 @@ pub mod reset;
 pub mod serial;
 pub mod vmcoreinfo;
 
+#[cfg(test)]
+pub(crate) mod test_utils {
+    //! Fakes shared by the devices' unit tests.
+    use super::{EventSink, VmEvent};
+    use std::sync::Mutex;
+
+    /// Collects the events a device emits, as the VMM's queue would.
+    #[derive(Debug, Default)]
+    pub(crate) struct Recorder(pub Mutex<Vec<VmEvent>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, event: VmEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Recorder {
+        /// Takes every event seen so far.
+        pub(crate) fn take(&self) -> Vec<VmEvent> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+}
+
 pub use bus::{Access, Bus, BusDevice, BusError, SharedDevice, VcpuId};
 
 /// Something a device reports to the VMM, tagged with the vCPU that caused it.

@@ -174,20 +174,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<VmEvent>>);
-
-    impl EventSink for Recorder {
-        fn emit(&self, event: VmEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
-
-    impl Recorder {
-        fn take(&self) -> Vec<VmEvent> {
-            std::mem::take(&mut self.0.lock().unwrap())
-        }
-    }
+    use crate::test_utils::Recorder;
 
     fn device(mask: u8) -> (Pvpanic, Arc<Recorder>) {
         let sink = Arc::new(Recorder::default());

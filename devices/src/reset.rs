@@ -143,7 +143,7 @@ impl BusDevice for I8042Reset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi_pm::tests::Events;
+    use crate::test_utils::Recorder as Events;
 
     fn at(offset: u64, vcpu: u32) -> Access {
         Access {
