@@ -284,3 +284,63 @@ fn a_dump_to_an_unwritable_place_fails_cleanly_and_the_vm_goes_on() {
     assert_eq!(h.query_dump().status, DumpState::Completed);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn after_a_guest_panic_gdb_sees_the_panicking_cpu_in_panic() {
+    let dir = test_dir("panic");
+    let mut run = GuestRun::boot(CPUS, "crash_after_boot=PANIC@2");
+    run.wait_for_line("Kernel panic - not syncing");
+    run.wait_for_line("---[ end Kernel panic");
+    let path = dir.join("vmcore.elf");
+    dump(&run, &path);
+    let p = path.to_str().unwrap();
+    let bt = tool(
+        "gdb",
+        &[
+            "-nx",
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+            vmm::GUEST_KERNEL_PATH,
+            p,
+        ],
+    );
+    // CPU 2 is LWP 3 (pr_pid = vCPU + 1).
+    let thread = bt
+        .split("\nThread ")
+        .find(|t| t.starts_with("3 (LWP 3)"))
+        .unwrap_or_else(|| panic!("no thread for CPU 2:\n{bt}"));
+    assert!(
+        thread
+            .lines()
+            .any(|l| l.contains(" in guest_kernel::panic::panic")),
+        "CPU 2's backtrace does not go through panic:\n{bt}"
+    );
+    // The others were stopped and park in the stop loop.
+    for lwp in [1, 2, 4] {
+        let t = bt
+            .split("\nThread ")
+            .find(|t| t.starts_with(&format!("{lwp} (LWP {lwp})")))
+            .unwrap_or_else(|| panic!("no LWP {lwp}:\n{bt}"));
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("#0 ") && l.contains("stop_loop")),
+            "LWP {lwp} is not in the stop loop:\n{bt}"
+        );
+    }
+    // No VMCOREINFO device yet: the checker cannot find the guest's notes,
+    // and says they are missing (not corrupt).
+    let core = Vmcore::open(&path).unwrap();
+    let report = vmcore::check(&core, &CheckOptions::default());
+    assert!(!report.ok);
+    for v in &report.vcpus {
+        assert_eq!(v.host_note.verdict, Verdict::Pass, "{}", report.render());
+        assert_ne!(
+            v.guest_note.verdict,
+            Verdict::Corrupt,
+            "{}",
+            report.render()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
