@@ -1131,6 +1131,103 @@ mod tests {
     }
 
     #[test]
+    fn dump_to_dir_writes_a_fresh_file_and_leaves_the_vcpus_paused() {
+        // Drives the VM without the main loop, as a panic action would run
+        // on the main loop's own thread.
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("dump-to-dir", &hello_code())
+        })
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-dump-dir", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        vmm.set_dump_dir(dir.clone());
+        let events = vmm.handle().subscribe();
+        vmm.vm.start(vmm.fault_reporter()).unwrap();
+        wait_for_line(&rx, "H\n");
+        let (first, stats) = vmm.dump_to_dir().unwrap();
+        let (second, _) = vmm.dump_to_dir().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(first.parent(), Some(dir.as_path()));
+        assert_eq!(stats.ram_bytes, 16 << 20);
+        assert_eq!(vmm.state, RunState::Paused);
+        assert!(vmm
+            .vm
+            .vcpus()
+            .iter()
+            .all(|c| c.run_state() == crate::vcpu::VcpuRunState::Paused));
+        let core = vmcore::Vmcore::open(&first).unwrap();
+        assert_eq!(core.host_cpus().len(), 1);
+        assert_eq!(
+            vmm.handle().query_dump().status,
+            crate::dump::DumpState::Completed
+        );
+        let seen: Vec<_> = events.try_iter().collect();
+        assert!(
+            seen.iter().any(|n| matches!(
+                n,
+                Notification::DumpCompleted { path, result: Ok(_) } if *path == first
+            )),
+            "{seen:?}"
+        );
+        // A missing directory: an error, and still no file anywhere.
+        vmm.set_dump_dir(dir.join("missing"));
+        assert!(matches!(vmm.dump_to_dir(), Err(DumpError::Write(_))));
+        assert_eq!(
+            vmm.handle().query_dump().status,
+            crate::dump::DumpState::Failed
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        vmm.vm.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stop_during_a_detached_dump_waits_for_the_file() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("dump-stop", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        let path =
+            std::env::temp_dir().join(format!("vmm-test-{}-dump-stop.elf", std::process::id()));
+        let request = crate::dump::DumpRequest {
+            path: path.clone(),
+            paging: true,
+            detach: true,
+        };
+        assert_eq!(handle.dump_guest_memory(request).unwrap(), None);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+        // The completion is reported before the shutdown, and the file is whole.
+        let seen: Vec<_> = events.try_iter().collect();
+        let completed = seen
+            .iter()
+            .position(|n| matches!(n, Notification::DumpCompleted { result: Ok(_), .. }))
+            .unwrap_or_else(|| panic!("no DumpCompleted in {seen:?}"));
+        let shutdown = seen
+            .iter()
+            .position(|n| matches!(n, Notification::Shutdown(_)))
+            .expect("Shutdown");
+        assert!(completed < shutdown, "{seen:?}");
+        assert_eq!(vmcore::Vmcore::open(&path).unwrap().host_cpus().len(), 1);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            handle.dump_guest_memory(crate::dump::DumpRequest::new(&path)),
+            Err(DumpError::NotRunning)
+        ));
+    }
+
+    #[test]
     fn missing_or_wrong_kvm_device_is_bad_input() {
         let e = open_kvm_at("/nonexistent/kvm").unwrap_err();
         assert_eq!(e.exit_code(), exit_code::BAD_INPUT);
