@@ -82,7 +82,8 @@ pub struct RunArgs {
     pub on_reboot: OnRebootArg,
     /// Directory for guest memory dumps made by the VMM itself (the
     /// `--on-panic coredump-*` actions), each named
-    /// vmcore-<unix time>-<pid>-<n>.elf [default: the current directory].
+    /// vmcore-TIME-PID-N.elf (TIME in Unix seconds) [default: the current
+    /// directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dump_dir: PathBuf,
 }

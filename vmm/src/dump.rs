@@ -12,7 +12,7 @@
 //!   [`crate::VmmHandle::query_dump`], for QMP and library users: the
 //!   writing happens on a worker thread while the main loop keeps serving
 //!   requests, and completion is a [`crate::Notification::DumpCompleted`];
-//! - [`dump_to_dir`], blocking, for the panic actions
+//! - [`crate::Vmm::dump_to_dir`], blocking, for the panic actions
 //!   (`coredump-destroy`/`coredump-restart`) on the main loop's thread.
 
 use std::io::IsTerminal;
@@ -376,26 +376,6 @@ pub(crate) fn progress_reporter(
         }
     });
     (callback, bar)
-}
-
-/// Pauses `vm`, dumps it to a fresh file in `dir` ([`unique_dump_name`])
-/// and returns the path. Blocking; the vCPUs are left paused, for the
-/// panic actions to destroy or restart the VM. `progress_bar`: draw a bar
-/// on stderr if it is a terminal.
-pub fn dump_to_dir(
-    vm: &Vm,
-    dir: &Path,
-    paging: bool,
-    progress_bar: bool,
-) -> Result<(PathBuf, DumpStats), DumpError> {
-    let path = dir.join(unique_dump_name());
-    let capture = capture(vm)?;
-    let (mut progress, bar) = progress_reporter(progress_bar, None);
-    let result = capture.write(&path, paging, &mut progress);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    result.map(|stats| (path, stats))
 }
 
 #[cfg(test)]

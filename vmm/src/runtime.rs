@@ -378,18 +378,23 @@ impl Vmm {
             return Err(DumpError::Busy);
         }
         let tracker = self.mailbox.dump.clone();
-        tracker.start(0);
         let was_running = self.state == RunState::Running;
-        let result = dump::dump_to_dir(&self.vm, &self.dump_dir, true, self.dump_progress_bar);
+        let path = self.dump_dir.join(dump::unique_dump_name());
+        let result = dump::capture(&self.vm).and_then(|capture| {
+            tracker.start(capture.ram_bytes());
+            let (mut progress, bar) =
+                dump::progress_reporter(self.dump_progress_bar, Some(tracker.clone()));
+            let written = capture.write(&path, true, &mut progress);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            written.map(|stats| (path.clone(), stats))
+        });
         tracker.finish(result.is_ok());
         if was_running {
             self.state = RunState::Paused;
             self.mailbox.notify(&Notification::Paused);
         }
-        let path = match &result {
-            Ok((path, _)) => path.clone(),
-            Err(_) => self.dump_dir.clone(),
-        };
         self.mailbox.notify(&Notification::DumpCompleted {
             path,
             result: match &result {
@@ -1159,10 +1164,9 @@ mod tests {
             .all(|c| c.run_state() == crate::vcpu::VcpuRunState::Paused));
         let core = vmcore::Vmcore::open(&first).unwrap();
         assert_eq!(core.host_cpus().len(), 1);
-        assert_eq!(
-            vmm.handle().query_dump().status,
-            crate::dump::DumpState::Completed
-        );
+        let q = vmm.handle().query_dump();
+        assert_eq!(q.status, crate::dump::DumpState::Completed);
+        assert_eq!((q.completed, q.total), (16 << 20, 16 << 20));
         let seen: Vec<_> = events.try_iter().collect();
         assert!(
             seen.iter().any(|n| matches!(
