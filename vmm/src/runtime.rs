@@ -1187,6 +1187,81 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Waits for the dump worker's DumpFinished message and hands it to
+    /// `vmm`, as the main loop would.
+    fn deliver_dump_finished(vmm: &mut Vmm) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            for msg in vmm.mailbox.take_all() {
+                if let Message::DumpFinished { result } = msg {
+                    vmm.finish_dump(result, true);
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no DumpFinished");
+            // Blocks until the worker posts (the mailbox's eventfd).
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&vmm.mailbox.wake),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            let _ = vmm.mailbox.wake.read();
+        }
+    }
+
+    #[test]
+    fn during_a_dump_resume_is_refused_a_second_dump_is_busy_and_pause_sticks() {
+        use crate::dump::DumpRequest;
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("dump-rules", &hello_code())
+        })
+        .unwrap();
+        vmm.vm.start(vmm.fault_reporter()).unwrap();
+        wait_for_line(&rx, "H\n");
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-dump-rules", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let (first_tx, first) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("a.elf")), first_tx);
+        assert_eq!(vmm.state, RunState::Paused);
+        let (busy_tx, busy) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("b.elf")), busy_tx);
+        assert!(matches!(busy.recv().unwrap(), Err(DumpError::Busy)));
+        let (resume_tx, resume) = channel();
+        vmm.handle_message(Message::Resume(resume_tx)).unwrap();
+        assert!(matches!(
+            resume.recv().unwrap(),
+            Err(ControlError::Failed(_))
+        ));
+        deliver_dump_finished(&mut vmm);
+        assert!(first.recv().unwrap().unwrap().is_some());
+        // It ran before: it runs again.
+        assert_eq!(vmm.state, RunState::Running);
+        assert!(!dir.join("b.elf").exists());
+
+        // Paused by the user during the dump: still paused after it.
+        let (second_tx, second) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("c.elf")), second_tx);
+        let (pause_tx, pause) = channel();
+        vmm.handle_message(Message::Pause(pause_tx)).unwrap();
+        assert_eq!(pause.recv().unwrap(), Ok(()));
+        deliver_dump_finished(&mut vmm);
+        assert!(second.recv().unwrap().unwrap().is_some());
+        assert_eq!(vmm.state, RunState::Paused);
+        assert!(vmm
+            .vm
+            .vcpus()
+            .iter()
+            .all(|c| c.run_state() == crate::vcpu::VcpuRunState::Paused));
+        vmm.vm.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_stop_during_a_detached_dump_waits_for_the_file() {
         let (tx, rx) = channel();
