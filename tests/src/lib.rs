@@ -93,6 +93,11 @@ impl GuestRun {
         })
     }
 
+    /// The VM's control handle (pause, dump, status...).
+    pub fn handle(&self) -> &VmmHandle {
+        &self.handle
+    }
+
     /// Every line seen so far.
     pub fn transcript(&self) -> &[String] {
         &self.transcript

@@ -38,6 +38,10 @@ pub enum Command {
     /// Boot a guest kernel and run it until it powers off.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Read a vmcore: `info` (registers, panic, kmsg, pvpanic, VMX) or
+    /// `check` (every vCPU left what a crash dump needs).
+    #[command(subcommand)]
+    Vmcore(crate::vmcore_cmd::VmcoreCommand),
     /// Write the embedded guest kernel ELF to a file (for gdb, readelf...).
     PrintKernel {
         /// Where to write it.
@@ -76,6 +80,12 @@ pub struct RunArgs {
     /// What a guest reset does.
     #[arg(long, value_enum, default_value_t = OnRebootArg::Restart)]
     pub on_reboot: OnRebootArg,
+    /// Directory for guest memory dumps made by the VMM itself (the
+    /// `--on-panic coredump-*` actions), each named
+    /// vmcore-TIME-PID-N.elf (TIME in Unix seconds) [default: the current
+    /// directory].
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dump_dir: PathBuf,
 }
 
 fn parse_cpus(s: &str) -> Result<u32, String> {
@@ -195,6 +205,34 @@ mod tests {
         assert!(e.contains("at least 1"), "{e}");
         let e = parse(&["run", "--memory", "lots"]).unwrap_err().to_string();
         assert!(e.contains("invalid size"), "{e}");
+    }
+
+    #[test]
+    fn dump_dir_defaults_to_the_current_directory() {
+        let dir = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Run(r) => r.dump_dir,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(dir(&["run"]), PathBuf::from("."));
+        assert_eq!(dir(&["run", "--dump-dir", "/d"]), PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn vmcore_subcommands_parse() {
+        for args in [
+            &["vmcore", "check", "f"][..],
+            &["vmcore", "check", "f", "--json"],
+            &["vmcore", "info", "f", "--kernel", "k", "--json"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["vmcore"][..],
+            &["vmcore", "check"],
+            &["vmcore", "fix", "f"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use devices::{EventSink, VmEvent};
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::dump::{DumpError, DumpRequest, DumpStatus, DumpTracker};
 use crate::vcpu::VcpuFault;
 
 /// How long a control request waits for the main loop to answer.
@@ -81,6 +82,14 @@ pub enum Notification {
     },
     /// `Vmm::run` is about to return with this reason.
     Shutdown(crate::ExitReason),
+    /// A guest memory dump finished (QMP `DUMP_COMPLETED`): its statistics,
+    /// or the error as one line.
+    DumpCompleted {
+        /// Where the vmcore was written.
+        path: std::path::PathBuf,
+        /// The outcome.
+        result: Result<vmcore::DumpStats, String>,
+    },
 }
 
 /// A message to the main loop.
@@ -105,6 +114,16 @@ pub(crate) enum Message {
     InjectNmi(Sender<Result<(), ControlError>>),
     PowerButton(Sender<Result<bool, ControlError>>),
     Status(Sender<Result<VmStatus, ControlError>>),
+    /// Start a dump; the reply comes when it is written, or (detached) once
+    /// it has started.
+    Dump {
+        request: DumpRequest,
+        reply: Sender<Result<Option<vmcore::DumpStats>, DumpError>>,
+    },
+    /// The dump worker finished.
+    DumpFinished {
+        result: Result<vmcore::DumpStats, DumpError>,
+    },
 }
 
 /// The queue between every other thread and the main loop.
@@ -114,6 +133,8 @@ pub(crate) struct Mailbox {
     pub(crate) wake: EventFd,
     closed: AtomicBool,
     observers: Mutex<Vec<Sender<Notification>>>,
+    /// Progress of the current or last dump, readable without the main loop.
+    pub(crate) dump: Arc<DumpTracker>,
 }
 
 impl Mailbox {
@@ -123,6 +144,7 @@ impl Mailbox {
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             closed: AtomicBool::new(false),
             observers: Mutex::new(Vec::new()),
+            dump: Arc::default(),
         })
     }
 
@@ -223,6 +245,38 @@ impl VmmHandle {
     /// The run state and the vCPUs.
     pub fn status(&self) -> Result<VmStatus, ControlError> {
         self.request(Message::Status)
+    }
+
+    /// Dumps guest memory to an ELF vmcore (QMP `dump-guest-memory`).
+    ///
+    /// Pauses a running guest, captures every vCPU on its own thread, writes
+    /// the file on a worker thread, and resumes the guest afterwards if it
+    /// was running (a guest paused before stays paused). Blocking: returns
+    /// `Some(stats)` once the file is in place. With `request.detach`:
+    /// returns `None` as soon as the writing has started; the outcome is a
+    /// [`Notification::DumpCompleted`] and [`VmmHandle::query_dump`].
+    ///
+    /// Fails with [`DumpError::Busy`] while another dump is in progress.
+    /// On a write error no file is left under `request.path` and the guest
+    /// is resumed as on success.
+    pub fn dump_guest_memory(
+        &self,
+        request: DumpRequest,
+    ) -> Result<Option<vmcore::DumpStats>, DumpError> {
+        if self.mailbox.closed.load(Ordering::SeqCst) {
+            return Err(DumpError::NotRunning);
+        }
+        let (reply, rx) = channel();
+        self.mailbox.post(Message::Dump { request, reply });
+        // No timeout: a dump takes as long as the disk needs. The main loop
+        // answers every request, or drops it (closing the channel) on exit.
+        rx.recv().unwrap_or(Err(DumpError::NotRunning))
+    }
+
+    /// The current or last dump's state and progress (QMP `query-dump`).
+    /// Never blocks and works after the VM has ended.
+    pub fn query_dump(&self) -> DumpStatus {
+        self.mailbox.dump.status()
     }
 
     /// Receives every [`Notification`] from now on.

@@ -20,13 +20,16 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod device_manager;
+pub mod dump;
 pub mod event_loop;
 pub mod runtime;
 pub mod vcpu;
 pub mod vm;
+pub mod vmcore_cmd;
 
 pub use config::{parse_size, Kernel, OnReboot, SerialOutput, VmConfig};
 pub use control::{ControlError, Notification, RunState, VcpuInfo, VmStatus, VmmHandle};
+pub use dump::{DumpError, DumpRequest, DumpSources, DumpState, DumpStatus};
 pub use event_loop::block_exit_signals;
 pub use runtime::{exit_code, Error, ExitReason, Vmm};
 

@@ -1,5 +1,6 @@
 //! The `vmm` binary: see `vmm --help`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -59,7 +60,18 @@ fn main() -> ExitCode {
                 ExitCode::from(exit_code::BAD_INPUT as u8)
             }
         },
+        Command::Vmcore(cmd) => {
+            let code = vmm::vmcore_cmd::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr());
+            ExitCode::from(code as u8)
+        }
         Command::Run(args) => {
+            if !args.dump_dir.is_dir() {
+                eprintln!(
+                    "vmm: error: --dump-dir {} is not a directory",
+                    args.dump_dir.display()
+                );
+                return ExitCode::from(exit_code::BAD_INPUT as u8);
+            }
             let config = match args.to_config() {
                 Ok(c) => c,
                 Err(e) => return fail(exit_code::BAD_INPUT, &e),
@@ -75,6 +87,8 @@ fn main() -> ExitCode {
             if console {
                 vmm.forward_stdin();
             }
+            vmm.set_dump_dir(args.dump_dir.clone());
+            vmm.show_dump_progress(std::io::stderr().is_terminal());
             match vmm.run() {
                 Ok(reason) => {
                     if reason != vmm::ExitReason::Poweroff {

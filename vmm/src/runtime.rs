@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
@@ -15,6 +18,7 @@ use crate::control::{
     VmmHandle,
 };
 use crate::device_manager::SharedWriter;
+use crate::dump::{self, DumpError, DumpRequest};
 use crate::event_loop::{
     EventLoopError, MailboxSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
 };
@@ -197,6 +201,23 @@ pub struct Vmm {
     vm: Vm,
     generation: u64,
     state: RunState,
+    dump_dir: PathBuf,
+    dump_progress_bar: bool,
+    active_dump: Option<ActiveDump>,
+}
+
+/// A dump whose file a worker thread is writing; the vCPUs stay paused.
+struct ActiveDump {
+    path: PathBuf,
+    /// Resume the vCPUs when it ends (they ran before and nobody paused
+    /// them since).
+    resume_after: bool,
+    /// The VM incarnation dumped (a reset meanwhile makes resuming moot).
+    generation: u64,
+    /// The blocking caller's reply channel (None when detached).
+    reply: Option<Sender<Result<Option<vmcore::DumpStats>, DumpError>>>,
+    /// The writer thread (None once joined).
+    worker: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -301,6 +322,9 @@ impl Vmm {
             vm,
             generation: 0,
             state: RunState::Running,
+            dump_dir: PathBuf::from("."),
+            dump_progress_bar: false,
+            active_dump: None,
             kernel,
         })
     }
@@ -327,6 +351,179 @@ impl Vmm {
         self.stdin = Some(StdinSubscriber::new(self.serial_slot.clone()));
     }
 
+    /// Where [`Vmm::dump_to_dir`] writes (`vmm run --dump-dir`); the
+    /// current directory by default.
+    pub fn set_dump_dir(&mut self, dir: PathBuf) {
+        self.dump_dir = dir;
+    }
+
+    /// The directory of [`Vmm::dump_to_dir`].
+    pub fn dump_dir(&self) -> &Path {
+        &self.dump_dir
+    }
+
+    /// Draw a progress bar on stderr during dumps, when it is a terminal
+    /// (the binary turns this on).
+    pub fn show_dump_progress(&mut self, show: bool) {
+        self.dump_progress_bar = show;
+    }
+
+    /// Dumps the VM into a new file in the dump directory, blocking, and
+    /// returns its path: for the `--on-panic coredump-*` actions, called on
+    /// the main loop's thread. The vCPUs are left paused (the action then
+    /// destroys or restarts the VM). Emits `DumpCompleted` and updates
+    /// `query_dump` like any other dump.
+    pub fn dump_to_dir(&mut self) -> Result<(PathBuf, vmcore::DumpStats), DumpError> {
+        if self.active_dump.is_some() {
+            return Err(DumpError::Busy);
+        }
+        let tracker = self.mailbox.dump.clone();
+        let was_running = self.state == RunState::Running;
+        let path = self.dump_dir.join(dump::unique_dump_name());
+        let result = dump::capture(&self.vm).and_then(|capture| {
+            tracker.start(capture.ram_bytes());
+            let (mut progress, bar) =
+                dump::progress_reporter(self.dump_progress_bar, Some(tracker.clone()));
+            let written = capture.write(&path, true, &mut progress);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            written.map(|stats| (path.clone(), stats))
+        });
+        tracker.finish(result.is_ok());
+        if was_running {
+            self.state = RunState::Paused;
+            self.mailbox.notify(&Notification::Paused);
+        }
+        self.mailbox.notify(&Notification::DumpCompleted {
+            path,
+            result: match &result {
+                Ok((_, stats)) => Ok(stats.clone()),
+                Err(e) => Err(dump::error_chain(e)),
+            },
+        });
+        result
+    }
+
+    /// Handles `dump-guest-memory`: capture now, write on a worker thread.
+    fn start_dump(
+        &mut self,
+        request: DumpRequest,
+        reply: Sender<Result<Option<vmcore::DumpStats>, DumpError>>,
+    ) {
+        if self.active_dump.is_some() {
+            let _ = reply.send(Err(DumpError::Busy));
+            return;
+        }
+        let was_running = self.state == RunState::Running;
+        let capture = match dump::capture(&self.vm) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("dump: {}", dump::error_chain(&e));
+                if was_running {
+                    self.vm.resume();
+                }
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if was_running {
+            self.state = RunState::Paused;
+            self.mailbox.notify(&Notification::Paused);
+        }
+        let tracker = self.mailbox.dump.clone();
+        tracker.start(capture.ram_bytes());
+        let (mut progress, bar) =
+            dump::progress_reporter(self.dump_progress_bar, Some(tracker.clone()));
+        let mailbox = self.mailbox.clone();
+        let (path, paging) = (request.path.clone(), request.paging);
+        let worker = std::thread::Builder::new()
+            .name("vmcore-dump".into())
+            .spawn(move || {
+                let result = capture.write(&path, paging, &mut progress);
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                // The guest may run again only after this point.
+                drop(capture);
+                mailbox.post(Message::DumpFinished { result });
+            });
+        match worker {
+            Ok(worker) => {
+                let reply = if request.detach {
+                    let _ = reply.send(Ok(None));
+                    None
+                } else {
+                    Some(reply)
+                };
+                self.active_dump = Some(ActiveDump {
+                    path: request.path,
+                    resume_after: was_running,
+                    generation: self.generation,
+                    reply,
+                    worker: Some(worker),
+                });
+            }
+            Err(e) => {
+                tracker.finish(false);
+                if was_running {
+                    self.vm.resume();
+                    self.state = RunState::Running;
+                    self.mailbox.notify(&Notification::Resumed);
+                }
+                let _ = reply.send(Err(DumpError::Worker(e.to_string())));
+            }
+        }
+    }
+
+    /// The worker is done: report, and resume the guest if it was running
+    /// and the VM still exists (`vm_alive`).
+    fn finish_dump(&mut self, result: Result<vmcore::DumpStats, DumpError>, vm_alive: bool) {
+        let Some(active) = self.active_dump.take() else {
+            return;
+        };
+        // It posted its result, so it is about to end.
+        if active.worker.is_some_and(|w| w.join().is_err()) {
+            warn!("dump: the worker thread panicked");
+        }
+        self.mailbox.dump.finish(result.is_ok());
+        if vm_alive && active.resume_after && active.generation == self.generation {
+            self.vm.resume();
+            self.state = RunState::Running;
+            self.mailbox.notify(&Notification::Resumed);
+        }
+        self.mailbox.notify(&Notification::DumpCompleted {
+            path: active.path,
+            result: match &result {
+                Ok(stats) => Ok(stats.clone()),
+                Err(e) => Err(dump::error_chain(e)),
+            },
+        });
+        if let Some(reply) = active.reply {
+            let _ = reply.send(result.map(Some));
+        }
+    }
+
+    /// At the end of `run`: let a dump in progress finish its file.
+    fn wait_for_dump(&mut self) {
+        let Some(active) = self.active_dump.as_mut() else {
+            return;
+        };
+        if active.worker.take().is_some_and(|w| w.join().is_err()) {
+            warn!("dump: the worker thread panicked");
+        }
+        let result = self
+            .mailbox
+            .take_all()
+            .into_iter()
+            .find_map(|m| match m {
+                Message::DumpFinished { result } => Some(result),
+                _ => None,
+            })
+            .unwrap_or_else(|| Err(DumpError::Worker("ended without a result".into())));
+        self.finish_dump(result, false);
+    }
+
     fn fault_reporter(&self) -> FaultReporter {
         let mailbox = self.mailbox.clone();
         let generation = self.generation;
@@ -338,6 +535,7 @@ impl Vmm {
     pub fn run(mut self) -> Result<ExitReason, Error> {
         let result = self.run_loop();
         self.vm.shutdown();
+        self.wait_for_dump();
         self.mailbox.close();
         if let Ok(reason) = &result {
             self.mailbox.notify(&Notification::Shutdown(reason.clone()));
@@ -404,6 +602,10 @@ impl Vmm {
             Message::Stop => Ok(Some(ExitReason::Stopped)),
             Message::Reset => self.reset(false),
             Message::Pause(reply) => {
+                if let Some(dump) = &mut self.active_dump {
+                    // Paused by the user during the dump: stay paused after.
+                    dump.resume_after = false;
+                }
                 let result = self
                     .vm
                     .pause()
@@ -413,6 +615,12 @@ impl Vmm {
                     self.mailbox.notify(&Notification::Paused);
                 }
                 let _ = reply.send(result);
+                Ok(None)
+            }
+            Message::Resume(reply) if self.active_dump.is_some() => {
+                let _ = reply.send(Err(ControlError::Failed(
+                    "a guest memory dump is in progress".into(),
+                )));
                 Ok(None)
             }
             Message::Resume(reply) => {
@@ -429,6 +637,14 @@ impl Vmm {
             }
             Message::PowerButton(reply) => {
                 let _ = reply.send(Ok(self.vm.press_power_button()));
+                Ok(None)
+            }
+            Message::Dump { request, reply } => {
+                self.start_dump(request, reply);
+                Ok(None)
+            }
+            Message::DumpFinished { result } => {
+                self.finish_dump(result, true);
                 Ok(None)
             }
             Message::Status(reply) => {
@@ -809,6 +1025,285 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("RIP={rip:#x}")), "{text}");
+    }
+
+    struct FixedPvpanicLog(vmcore::PvpanicLog);
+    impl crate::dump::PvpanicLogSource for FixedPvpanicLog {
+        fn pvpanic_log(&self) -> vmcore::PvpanicLog {
+            self.0.clone()
+        }
+    }
+
+    /// Registers the ELF note `text` at `gpa` with the vmcoreinfo device, as
+    /// the guest would through its ports.
+    fn register_vmcoreinfo(
+        dev: &mut devices::vmcoreinfo::Vmcoreinfo,
+        mem: &vm_memory::GuestMemoryMmap,
+        gpa: u64,
+        text: &[u8],
+    ) {
+        use devices::{Access, BusDevice};
+        use guest_abi::pv::vmcoreinfo::{FORMAT, FORMAT_ELF, PADDR_HI, PADDR_LO, SIZE};
+        use vm_memory::{Bytes, GuestAddress};
+        let mut note = Vec::new();
+        note.extend_from_slice(&11u32.to_le_bytes());
+        note.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        note.extend_from_slice(&0u32.to_le_bytes());
+        note.extend_from_slice(b"VMCOREINFO\0\0");
+        note.extend_from_slice(text);
+        mem.write_slice(&note, GuestAddress(gpa)).unwrap();
+        let mut reg = |offset, value: u32| {
+            let access = Access {
+                base: 0,
+                offset,
+                vcpu: 0,
+            };
+            dev.write(access, &value.to_le_bytes());
+        };
+        reg(PADDR_LO, gpa as u32);
+        reg(PADDR_HI, (gpa >> 32) as u32);
+        reg(SIZE, note.len() as u32);
+        reg(FORMAT, FORMAT_ELF);
+    }
+
+    #[test]
+    fn dumps_carry_vmx_vmcoreinfo_and_pvpanic_from_the_dump_sources() {
+        use crate::dump::{DumpRequest, DumpSources};
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("dump-sources", &hello_code())
+        })
+        .unwrap();
+        let mem = vmm.vm.memory().clone();
+        let pv_vmx = devices::pv_vmx::PvVmx::new(2, Arc::new(mem.clone())).unwrap();
+        let mut vmcoreinfo = devices::vmcoreinfo::Vmcoreinfo::new(Arc::new(MailboxSink {
+            mailbox: vmm.mailbox.clone(),
+            generation: 0,
+        }));
+        register_vmcoreinfo(
+            &mut vmcoreinfo,
+            &mem,
+            0x20_0000,
+            b"OSRELEASE=test\nTEST=yes\n",
+        );
+        let entry = guest_abi::elfnote::PvpanicLogEntry {
+            seq: 0,
+            events: 1,
+            vcpu: 1,
+            pad: 0,
+            timestamp_ns: 1234,
+        };
+        let log = vmcore::PvpanicLog {
+            entries: vec![entry],
+            dropped: 0,
+        };
+        vmm.vm.set_dump_sources(DumpSources {
+            pv_vmx: Some(Arc::new(Mutex::new(pv_vmx))),
+            vmcoreinfo: Some(Arc::new(Mutex::new(vmcoreinfo))),
+            pvpanic: Some(Arc::new(FixedPvpanicLog(log.clone()))),
+        });
+        let handle = vmm.handle();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        let path =
+            std::env::temp_dir().join(format!("vmm-test-{}-dump-sources.elf", std::process::id()));
+        let stats = handle
+            .dump_guest_memory(DumpRequest::new(&path))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.ram_bytes, 16 << 20);
+        let core = vmcore::Vmcore::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let hosts = core.host_cpus();
+        assert_eq!(hosts.len(), 2);
+        for h in &hosts {
+            let vmx = h.vmx.expect("a VMX note per vCPU");
+            assert_eq!(vmx.vcpu, h.vcpu);
+            assert!(!vmx.vmx_on && vmx.vmcs_flushed && vmx.model_not_hardware);
+        }
+        let info = core.vmcoreinfo().expect("the guest's VMCOREINFO");
+        assert_eq!(info.get("TEST"), Some("yes"));
+        assert_eq!(core.pvpanic_log().unwrap(), Some(log));
+        // The AP never got a SIPI: its capture must not have blocked.
+        assert_eq!(handle.status().unwrap().state, RunState::Running);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+    }
+
+    #[test]
+    fn dump_to_dir_writes_a_fresh_file_and_leaves_the_vcpus_paused() {
+        // Drives the VM without the main loop, as a panic action would run
+        // on the main loop's own thread.
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("dump-to-dir", &hello_code())
+        })
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-dump-dir", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        vmm.set_dump_dir(dir.clone());
+        let events = vmm.handle().subscribe();
+        vmm.vm.start(vmm.fault_reporter()).unwrap();
+        wait_for_line(&rx, "H\n");
+        let (first, stats) = vmm.dump_to_dir().unwrap();
+        let (second, _) = vmm.dump_to_dir().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(first.parent(), Some(dir.as_path()));
+        assert_eq!(stats.ram_bytes, 16 << 20);
+        assert_eq!(vmm.state, RunState::Paused);
+        assert!(vmm
+            .vm
+            .vcpus()
+            .iter()
+            .all(|c| c.run_state() == crate::vcpu::VcpuRunState::Paused));
+        let core = vmcore::Vmcore::open(&first).unwrap();
+        assert_eq!(core.host_cpus().len(), 1);
+        let q = vmm.handle().query_dump();
+        assert_eq!(q.status, crate::dump::DumpState::Completed);
+        assert_eq!((q.completed, q.total), (16 << 20, 16 << 20));
+        let seen: Vec<_> = events.try_iter().collect();
+        assert!(
+            seen.iter().any(|n| matches!(
+                n,
+                Notification::DumpCompleted { path, result: Ok(_) } if *path == first
+            )),
+            "{seen:?}"
+        );
+        // A missing directory: an error, and still no file anywhere.
+        vmm.set_dump_dir(dir.join("missing"));
+        assert!(matches!(vmm.dump_to_dir(), Err(DumpError::Write(_))));
+        assert_eq!(
+            vmm.handle().query_dump().status,
+            crate::dump::DumpState::Failed
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        vmm.vm.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Waits for the dump worker's DumpFinished message and hands it to
+    /// `vmm`, as the main loop would.
+    fn deliver_dump_finished(vmm: &mut Vmm) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            for msg in vmm.mailbox.take_all() {
+                if let Message::DumpFinished { result } = msg {
+                    vmm.finish_dump(result, true);
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no DumpFinished");
+            // Blocks until the worker posts (the mailbox's eventfd).
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&vmm.mailbox.wake),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            let _ = vmm.mailbox.wake.read();
+        }
+    }
+
+    #[test]
+    fn during_a_dump_resume_is_refused_a_second_dump_is_busy_and_pause_sticks() {
+        use crate::dump::DumpRequest;
+        let (tx, rx) = channel();
+        let mut vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            cpus: 2,
+            ..config("dump-rules", &hello_code())
+        })
+        .unwrap();
+        vmm.vm.start(vmm.fault_reporter()).unwrap();
+        wait_for_line(&rx, "H\n");
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-dump-rules", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let (first_tx, first) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("a.elf")), first_tx);
+        assert_eq!(vmm.state, RunState::Paused);
+        let (busy_tx, busy) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("b.elf")), busy_tx);
+        assert!(matches!(busy.recv().unwrap(), Err(DumpError::Busy)));
+        let (resume_tx, resume) = channel();
+        vmm.handle_message(Message::Resume(resume_tx)).unwrap();
+        assert!(matches!(
+            resume.recv().unwrap(),
+            Err(ControlError::Failed(_))
+        ));
+        deliver_dump_finished(&mut vmm);
+        assert!(first.recv().unwrap().unwrap().is_some());
+        // It ran before: it runs again.
+        assert_eq!(vmm.state, RunState::Running);
+        assert!(!dir.join("b.elf").exists());
+
+        // Paused by the user during the dump: still paused after it.
+        let (second_tx, second) = channel();
+        vmm.start_dump(DumpRequest::new(dir.join("c.elf")), second_tx);
+        let (pause_tx, pause) = channel();
+        vmm.handle_message(Message::Pause(pause_tx)).unwrap();
+        assert_eq!(pause.recv().unwrap(), Ok(()));
+        deliver_dump_finished(&mut vmm);
+        assert!(second.recv().unwrap().unwrap().is_some());
+        assert_eq!(vmm.state, RunState::Paused);
+        assert!(vmm
+            .vm
+            .vcpus()
+            .iter()
+            .all(|c| c.run_state() == crate::vcpu::VcpuRunState::Paused));
+        vmm.vm.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stop_during_a_detached_dump_waits_for_the_file() {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..config("dump-stop", &hello_code())
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        wait_for_line(&rx, "H\n");
+        let path =
+            std::env::temp_dir().join(format!("vmm-test-{}-dump-stop.elf", std::process::id()));
+        let request = crate::dump::DumpRequest {
+            path: path.clone(),
+            paging: true,
+            detach: true,
+        };
+        assert_eq!(handle.dump_guest_memory(request).unwrap(), None);
+        handle.stop();
+        assert_eq!(
+            result.recv_timeout(WAIT).unwrap().unwrap(),
+            ExitReason::Stopped
+        );
+        // The completion is reported before the shutdown, and the file is whole.
+        let seen: Vec<_> = events.try_iter().collect();
+        let completed = seen
+            .iter()
+            .position(|n| matches!(n, Notification::DumpCompleted { result: Ok(_), .. }))
+            .unwrap_or_else(|| panic!("no DumpCompleted in {seen:?}"));
+        let shutdown = seen
+            .iter()
+            .position(|n| matches!(n, Notification::Shutdown(_)))
+            .expect("Shutdown");
+        assert!(completed < shutdown, "{seen:?}");
+        assert_eq!(vmcore::Vmcore::open(&path).unwrap().host_cpus().len(), 1);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            handle.dump_guest_memory(crate::dump::DumpRequest::new(&path)),
+            Err(DumpError::NotRunning)
+        ));
     }
 
     #[test]

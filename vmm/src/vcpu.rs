@@ -13,6 +13,7 @@
 //! while that vCPU is in `KVM_RUN`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, error, info, warn};
 
 use crate::boot::pvh;
+use vmcore::CpuState;
 
 /// Errors setting up or running a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,8 @@ unsafe impl Send for KickTarget {}
 struct ControlState {
     request: Request,
     nmi_pending: bool,
+    /// Where to send this vCPU's registers, read on its own thread.
+    capture: Option<Sender<Result<CpuState, String>>>,
     observed: VcpuRunState,
 }
 
@@ -244,6 +248,7 @@ impl VcpuControl {
             state: Mutex::new(ControlState {
                 request: Request::Run,
                 nmi_pending: false,
+                capture: None,
                 observed: VcpuRunState::Running,
             }),
             changed: Condvar::new(),
@@ -326,6 +331,22 @@ impl VcpuControl {
         self.request(|s| s.nmi_pending = true);
     }
 
+    /// Asks the vCPU thread to read its registers (REGS, SREGS, the FS/GS/
+    /// KERNEL_GS base and EFER MSRs, the LAPIC ID) for a dump. The answer
+    /// arrives on the returned channel; the channel closes unanswered if
+    /// the thread exits first. Meant for a paused vCPU, whose state then
+    /// stays as read until it is resumed.
+    pub fn request_capture(&self) -> Receiver<Result<CpuState, String>> {
+        let (tx, rx) = channel();
+        self.request(|s| {
+            // An exited thread would never answer; dropping `tx` says so.
+            if s.observed != VcpuRunState::Exited {
+                s.capture = Some(tx);
+            }
+        });
+        rx
+    }
+
     /// Waits until the vCPU is parked or gone, up to `timeout`.
     pub fn wait_paused(&self, timeout: Duration) -> bool {
         self.wait_for(timeout, |s| s != VcpuRunState::Running)
@@ -397,6 +418,9 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -425,7 +449,15 @@ fn boot_msrs() -> Vec<kvm_msr_entry> {
     ]
 }
 
+fn msr(index: u32) -> kvm_msr_entry {
+    kvm_msr_entry {
+        index,
+        ..Default::default()
+    }
+}
+
 // Local APIC registers and LVT delivery modes.
+const APIC_ID: usize = 0x20;
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
@@ -546,17 +578,23 @@ impl Vcpu {
         }
         // No kicks after this point: the kvm_run mapping and thread go away.
         *control.kick.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A capture nobody will answer: close its channel.
+        control.lock().capture = None;
         control.set_observed(VcpuRunState::Exited);
         debug!("vcpu {}: thread exiting", self.id);
     }
 
     /// Applies pending requests; returns the state they lead to.
-    fn apply_requests(&self, control: &VcpuControl) -> VcpuState {
+    fn apply_requests(&mut self, control: &VcpuControl) -> VcpuState {
         let mut st = control.lock();
         if std::mem::take(&mut st.nmi_pending) {
             if let Err(e) = self.fd.nmi() {
                 error!("vcpu {}: KVM_NMI failed: {e}", self.id);
             }
+        }
+        if let Some(reply) = st.capture.take() {
+            // The requester may have given up waiting; nothing to do then.
+            let _ = reply.send(self.capture_state());
         }
         match st.request {
             Request::Run => VcpuState::Running,
@@ -614,10 +652,65 @@ impl Vcpu {
         }
     }
 
-    fn paused(&self, control: &VcpuControl) -> VcpuState {
+    /// Completes a pending port/MMIO read (KVM finishes it on the next
+    /// `KVM_RUN`, advancing RIP), then reads the registers a vmcore needs.
+    fn capture_state(&mut self) -> Result<CpuState, String> {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => debug!("vcpu {}: completing I/O before capture: {e}", self.id),
+            Ok(_) => debug!("vcpu {}: unexpected exit completing I/O", self.id),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let lapic = self
+            .fd
+            .get_lapic()
+            .map_err(|e| format!("KVM_GET_LAPIC: {e}"))?;
+        let mut msrs = Msrs::from_entries(&[
+            msr(MSR_FS_BASE),
+            msr(MSR_GS_BASE),
+            msr(MSR_KERNEL_GS_BASE),
+            msr(MSR_EFER),
+        ])
+        .expect("four MSRs fit");
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+        let value = |index: u32| {
+            msrs.as_slice()[..read]
+                .iter()
+                .find(|m| m.index == index)
+                .map(|m| m.data)
+        };
+        let apic_id = lapic_reg(&lapic, APIC_ID) >> 24;
+        let mut cpu = CpuState::from_kvm(
+            self.id,
+            apic_id,
+            &regs,
+            &sregs,
+            value(MSR_KERNEL_GS_BASE).unwrap_or(0),
+        );
+        // The MSRs are authoritative; the segment caches only match them in
+        // 64-bit mode.
+        cpu.fs_base = value(MSR_FS_BASE).unwrap_or(cpu.fs_base);
+        cpu.gs_base = value(MSR_GS_BASE).unwrap_or(cpu.gs_base);
+        cpu.efer = value(MSR_EFER).unwrap_or(cpu.efer);
+        Ok(cpu)
+    }
+
+    fn paused(&mut self, control: &VcpuControl) -> VcpuState {
         control.set_observed(VcpuRunState::Paused);
         let mut st = control.lock();
-        while st.request == Request::Pause && !st.nmi_pending {
+        while st.request == Request::Pause && !st.nmi_pending && st.capture.is_none() {
             st = control.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         drop(st);
@@ -805,6 +898,14 @@ mod tests {
         set_lint(&mut lapic);
         assert_eq!(lapic_reg(&lapic, APIC_LVT0), 0x0001_0700);
         assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x0000_0400);
+    }
+
+    #[test]
+    fn capturing_an_exited_vcpu_fails_at_once() {
+        let c = VcpuControl::new(0);
+        c.set_observed(VcpuRunState::Exited);
+        let rx = c.request_capture();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
     }
 
     #[test]

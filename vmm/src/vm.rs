@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use crate::boot::{acpi, layout, pvh};
 use crate::cpuid::{self, CpuidParams};
 use crate::device_manager::{self, Devices, SharedWriter};
+use crate::dump::DumpSources;
 use crate::vcpu::{ExitContext, ExitStats, FaultReporter, Vcpu, VcpuControl};
 
 /// How long a pause waits for every vCPU to park.
@@ -51,6 +52,9 @@ pub enum VmError {
     /// Some vCPUs did not park in time.
     #[error("vcpus did not pause within {0:?}")]
     PauseTimeout(Duration),
+    /// Reading a vCPU's registers for a dump failed.
+    #[error("capturing vcpu {0} failed: {1}")]
+    Capture(u32, String),
 }
 
 type Result<T> = std::result::Result<T, VmError>;
@@ -77,6 +81,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     controls: Vec<Arc<VcpuControl>>,
     threads: Vec<JoinHandle<()>>,
+    dump_sources: DumpSources,
 }
 
 impl std::fmt::Debug for Vm {
@@ -199,6 +204,7 @@ impl Vm {
             vcpus,
             controls,
             threads: Vec::new(),
+            dump_sources: DumpSources::default(),
         })
     }
 
@@ -245,6 +251,37 @@ impl Vm {
     }
 
     /// Parks every vCPU and waits until they all are.
+    /// Where a dump of this VM finds device state (pv_vmx, VMCOREINFO,
+    /// the pvpanic log); nothing until [`Vm::set_dump_sources`].
+    pub fn dump_sources(&self) -> &DumpSources {
+        &self.dump_sources
+    }
+
+    /// Connects this VM's devices to its dumps (called where the devices
+    /// are built; a reset builds a new VM, so this is per incarnation).
+    pub fn set_dump_sources(&mut self, sources: DumpSources) {
+        self.dump_sources = sources;
+    }
+
+    /// Every vCPU's registers, each read on its own thread. The vCPUs must
+    /// be paused ([`Vm::pause`]) for the result to be a consistent snapshot.
+    pub fn capture_cpus(&self) -> Result<Vec<vmcore::CpuState>> {
+        let pending: Vec<_> = self
+            .controls
+            .iter()
+            .map(|c| (c.id(), c.request_capture()))
+            .collect();
+        let mut cpus = Vec::with_capacity(pending.len());
+        for (id, rx) in pending {
+            match rx.recv_timeout(PAUSE_TIMEOUT) {
+                Ok(Ok(cpu)) => cpus.push(cpu),
+                Ok(Err(why)) => return Err(VmError::Capture(id, why)),
+                Err(_) => return Err(VmError::Capture(id, "no answer from its thread".into())),
+            }
+        }
+        Ok(cpus)
+    }
+
     pub fn pause(&self) -> Result<()> {
         for c in &self.controls {
             c.request_pause();
