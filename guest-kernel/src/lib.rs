@@ -20,6 +20,7 @@
 
 pub mod acpi;
 pub mod cmdline;
+pub mod elfcorehdr;
 pub mod fmt;
 pub mod memmap;
 pub mod panic_policy;
