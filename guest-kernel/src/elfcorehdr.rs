@@ -128,26 +128,29 @@ pub fn phdr_count(layout: &CoreHdrLayout<'_>) -> Result<usize, ElfcorehdrError> 
         return Err(ElfcorehdrError::BadRange { start: ck.start });
     }
     let mut count = layout.crash_notes.len() + 1;
-    for (i, r) in layout.ram.iter().enumerate() {
-        let Some(end) = r.end() else {
+    for r in layout.ram {
+        if r.end().is_none() {
             return Err(ElfcorehdrError::BadRange { start: r.start });
-        };
-        if r.len == 0 {
-            continue;
-        }
-        // Overlapping RAM would give overlapping PT_LOADs, which the VMM
-        // (rightly) rejects. The list is short: quadratic is fine.
-        for other in layout.ram.iter().take(i) {
-            if other.len != 0 && other.start < end && r.start < other.start.wrapping_add(other.len)
-            {
-                return Err(ElfcorehdrError::BadRange { start: r.start });
-            }
         }
         let (below, above) = split_around(*r, ck);
         count += (below.len != 0) as usize + (above.len != 0) as usize;
     }
     if count > MAX_PHNUM {
         return Err(ElfcorehdrError::TooManyRanges);
+    }
+    // Overlapping RAM would give overlapping PT_LOADs, which the VMM
+    // (rightly) rejects. The list is short: quadratic is fine.
+    for (i, r) in layout.ram.iter().enumerate() {
+        let end = r.start.wrapping_add(r.len);
+        for other in layout.ram.iter().take(i) {
+            if r.len != 0
+                && other.len != 0
+                && other.start < end
+                && r.start < other.start.wrapping_add(other.len)
+            {
+                return Err(ElfcorehdrError::BadRange { start: r.start });
+            }
+        }
     }
     Ok(count)
 }
