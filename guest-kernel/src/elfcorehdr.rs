@@ -274,7 +274,9 @@ mod tests {
     }
 
     /// (type, flags, offset, vaddr, paddr, filesz, memsz, align)
-    fn phdrs(b: &[u8]) -> Vec<(u32, u32, u64, u64, u64, u64, u64, u64)> {
+    type RawPhdr = (u32, u32, u64, u64, u64, u64, u64, u64);
+
+    fn phdrs(b: &[u8]) -> Vec<RawPhdr> {
         let n = le16(b, 56) as usize;
         (0..n)
             .map(|i| {
