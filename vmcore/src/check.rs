@@ -25,6 +25,12 @@
 //! V = "pass" | "fail" | "missing" | "corrupt" | "skipped"
 //! ```
 //!
+//! The same checks run on both kinds of vmcore ([`Vmcore::is_kdump`]): in a
+//! host-side dump `host_note` is the `CORE`/NT_PRSTATUS note and the guest
+//! note is read from RAM through VMCOREINFO; in a kdump vmcore `host_note`
+//! is the `VMMHOST` note and the guest note is the `CORE`/NT_PRSTATUS note
+//! with `pr_pid == vcpu + 1` that the elfcorehdr's PT_NOTEs supplied.
+//!
 //! `missing` means the thing was never written (a guest that did not panic,
 //! a CPU that was stopped before saving); `corrupt` means something is there
 //! but is not what the contract says.

@@ -165,6 +165,46 @@ fn guest_header_round_trips_into_a_checkable_vmcore() {
 
     let report = check(&core, &CheckOptions::default());
     assert!(report.ok, "{}", report.render());
+    let inf = vmcore::info(&core, None);
+    assert_eq!((inf.kind, inf.elfcorehdr), ("kdump", Some(ELFCOREHDR)));
+    assert!(inf.render().contains("dump: kdump (elfcorehdr at 0xc000)"));
+}
+
+/// gdb makes a thread of every type-1 note whatever its name: it must see
+/// exactly the guest CPUs that saved, at the guest-saved RIPs, and not the
+/// VMM's host registers too.
+#[test]
+fn gdb_sees_one_thread_per_saved_guest_cpu() {
+    let dir = test_dir("kdump-gdb");
+    let (g, len) = kdump_guest(&[0, 2, 3]);
+    let hdr = parse_elfcorehdr(&hdr_bytes(&g, len), &layout()).expect("valid header");
+    let path = dir.join("vmcore");
+    write_kdump(&g, &hdr, len, &path).expect("written");
+    let out = match std::process::Command::new("gdb")
+        .args(["-nx", "-batch", "-ex", "info threads", "-c"])
+        .arg(&path)
+        .output()
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: gdb: {e}");
+            return;
+        }
+        Err(e) => panic!("gdb is required in CI: {e}"),
+    };
+    let threads = out
+        .lines()
+        .filter(|l| l.contains("LWP ") && !l.starts_with('['))
+        .count();
+    assert_eq!(threads, 3, "{out}");
+    for cpu in [0u64, 2, 3] {
+        let line = format!("LWP {}", cpu + 1);
+        let rip = format!("{:#018x}", TEXT.0 + 0x100 * cpu);
+        assert!(
+            out.lines().any(|l| l.contains(&line) && l.contains(&rip)),
+            "{line} at {rip} missing:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -462,4 +502,70 @@ fn random_mutations_never_panic() {
     // The mutations must exercise both outcomes, or the test proves little.
     assert!(parsed > 100 && parsed < 4000, "parsed {parsed}");
     assert!(planned > 0, "planned {planned}");
+}
+
+/// The fuzz target's fixed RAM: region 0 holds the fuzz input (elfcorehdr
+/// at 0, note buffers after it), region 1 is zero.
+const FUZZ_RAM: [(u64, u64); 2] = [(0, 0x1_0000), (0x10_0000, 0x1_0000)];
+const FUZZ_SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fuzz/corpus/elfcorehdr/valid-2cpu"
+);
+
+/// A valid input for the `elfcorehdr` fuzz target, made by the guest's
+/// builder: header at 0, two saved crash notes and a VMCOREINFO note.
+fn fuzz_seed() -> Vec<u8> {
+    let mut img = vec![0u8; 0x1000];
+    for (cpu, at) in [(0u32, 0x400usize), (1, 0x580)] {
+        let mut st = guest_abi::elfnote::ElfPrstatus::zeroed();
+        st.pr_pid = cpu as i32 + 1;
+        let mut n = guest_abi::elfnote::CrashNote::empty();
+        n.write(&st);
+        img[at..at + n.bytes.len()].copy_from_slice(&n.bytes);
+    }
+    let text = b"OSRELEASE=fuzz\nNUMBER(nr_cpus)=2\n";
+    let mut note = Vec::new();
+    for v in [11u32, text.len() as u32, 0] {
+        note.extend_from_slice(&v.to_le_bytes());
+    }
+    note.extend_from_slice(b"VMCOREINFO\0\0");
+    note.extend_from_slice(text);
+    img[0x800..0x800 + note.len()].copy_from_slice(&note);
+    let ram: Vec<PhysRange> = FUZZ_RAM
+        .iter()
+        .map(|&(s, l)| PhysRange::new(s, l))
+        .collect();
+    let l = CoreHdrLayout {
+        ram: &ram,
+        crash_kernel: PhysRange::new(0x4000, 0x2000),
+        crash_notes: &[0x400, 0x580],
+        crash_note_size: 0x180,
+        vmcoreinfo: PhysRange::new(0x800, 0x100),
+    };
+    build_elfcorehdr(&l, &mut img[..0x400]).expect("fits");
+    img
+}
+
+/// The committed seed is what the builder makes today and is accepted all
+/// the way through planning. `UPDATE_FUZZ_SEED=1` rewrites it.
+#[test]
+fn fuzz_seed_is_current_and_valid() {
+    let seed = fuzz_seed();
+    if std::env::var_os("UPDATE_FUZZ_SEED").is_some() {
+        std::fs::write(FUZZ_SEED, &seed).expect("write seed");
+    }
+    let committed = std::fs::read(FUZZ_SEED).expect("seed committed (UPDATE_FUZZ_SEED=1 makes it)");
+    assert_eq!(committed, seed, "stale seed: rerun with UPDATE_FUZZ_SEED=1");
+    let hdr = parse_elfcorehdr(&seed, &FUZZ_RAM).expect("seed parses");
+    assert_eq!((hdr.notes.len(), hdr.loads.len()), (3, 3));
+    let high = vec![0u8; 0x1_0000];
+    let mut low = seed.clone();
+    low.resize(0x1_0000, 0);
+    let ram = [RamRegion::new(0, &low), RamRegion::new(0x10_0000, &high)];
+    let input = KdumpInput {
+        ram: &ram,
+        ..Default::default()
+    };
+    let plan = plan_kdump_vmcore(&hdr, &input, &WriteOptions::default()).expect("seed plans");
+    assert_eq!(plan.guest_notes(), 3);
 }
