@@ -211,6 +211,48 @@ pub fn build_elfcorehdr(
     Ok(at)
 }
 
+/// Bytes [`write_vmcoreinfo_note`] needs for a text of `text_len` bytes:
+/// the note (header, `"VMCOREINFO\0"` padded, text padded) and an empty
+/// terminating note header.
+pub const fn vmcoreinfo_note_size(text_len: usize) -> usize {
+    12 + 12 + ((text_len + 3) & !3) + 12
+}
+
+/// Encode the `VMCOREINFO` note (type 0) with `text` at the start of
+/// `buf`, followed by an empty terminating note header, as Linux keeps
+/// `vmcoreinfo_note`. The elfcorehdr's VMCOREINFO PT_NOTE points at it.
+/// Returns the bytes written ([`vmcoreinfo_note_size`]).
+pub fn write_vmcoreinfo_note(buf: &mut [u8], text: &[u8]) -> Result<usize, ElfcorehdrError> {
+    let needed = vmcoreinfo_note_size(text.len());
+    let too_small = ElfcorehdrError::BufferTooSmall { needed };
+    let Some(out) = buf.get_mut(..needed) else {
+        return Err(too_small);
+    };
+    let mut ok = put(out, 0, 11u32.to_le_bytes()) // "VMCOREINFO" + NUL
+        & put(out, 4, (text.len() as u32).to_le_bytes())
+        & put(out, 8, 0u32.to_le_bytes())
+        & put(out, 12, *b"VMCOREINFO\0\0");
+    // Byte loop: no memcpy call into precompiled code, no panic path.
+    let mut i = 24;
+    for &b in text {
+        if let Some(d) = out.get_mut(i) {
+            *d = b;
+        }
+        i += 1;
+    }
+    while i < needed {
+        if let Some(d) = out.get_mut(i) {
+            *d = 0;
+        }
+        i += 1;
+    }
+    ok &= i == needed;
+    if !ok {
+        return Err(too_small);
+    }
+    Ok(needed)
+}
+
 fn put<const N: usize>(buf: &mut [u8], at: usize, bytes: [u8; N]) -> bool {
     match buf.get_mut(at..).and_then(|s| s.first_chunk_mut::<N>()) {
         Some(dst) => {
@@ -429,6 +471,25 @@ mod tests {
             Err(ElfcorehdrError::TooManyRanges)
         );
         assert!(!ElfcorehdrError::TooManyRanges.as_str().is_empty());
+    }
+
+    #[test]
+    fn vmcoreinfo_note_layout() {
+        let text = b"OSRELEASE=1\nPAGESIZE=4096\n";
+        let mut buf = [0xffu8; 128];
+        let n = write_vmcoreinfo_note(&mut buf, text).expect("fits");
+        assert_eq!(n, 12 + 12 + 28 + 12);
+        assert_eq!(le32(&buf, 0), 11);
+        assert_eq!(le32(&buf, 4), text.len() as u32);
+        assert_eq!(le32(&buf, 8), 0);
+        assert_eq!(&buf[12..24], b"VMCOREINFO\0\0");
+        assert_eq!(&buf[24..24 + text.len()], text);
+        assert!(buf[24 + text.len()..n].iter().all(|&b| b == 0));
+        assert_eq!(buf[n], 0xff, "wrote past the note");
+        assert_eq!(
+            write_vmcoreinfo_note(&mut buf[..n - 1], text),
+            Err(ElfcorehdrError::BufferTooSmall { needed: n })
+        );
     }
 
     #[test]

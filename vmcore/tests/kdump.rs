@@ -8,10 +8,10 @@ use std::path::Path;
 
 use common::*;
 use guest_abi::elfnote::{
-    NOTE_NAME_CORE, NOTE_NAME_KDUMP, NOTE_NAME_VMCOREINFO, NOTE_NAME_VMMHOST, NT_PRSTATUS,
-    NT_VMCOREINFO, NT_VMM_HOST_PRSTATUS, NT_VMM_KDUMP,
+    NOTE_NAME_CORE, NOTE_NAME_KDUMP, NOTE_NAME_VMMHOST, NT_PRSTATUS, NT_VMM_HOST_PRSTATUS,
+    NT_VMM_KDUMP,
 };
-use guest_kernel::elfcorehdr::{build_elfcorehdr, CoreHdrLayout, PhysRange};
+use guest_kernel::elfcorehdr::{build_elfcorehdr, write_vmcoreinfo_note, CoreHdrLayout, PhysRange};
 use vmcore::{
     check, parse_elfcorehdr, plan_kdump_vmcore, write_kdump_vmcore, CheckOptions, ElfCoreHdr,
     ElfCoreHdrError, GuestNote, KdumpInput, RamRegion, Verdict, Vmcore, WriteError, WriteOptions,
@@ -34,18 +34,9 @@ fn layout() -> Vec<(u64, u64)> {
 fn kdump_guest(saved: &[u32]) -> (Guest, usize) {
     let mut g = guest(saved, &[]);
     let text = g.vmcoreinfo.clone().expect("test guest has VMCOREINFO");
-    let mut note = Vec::new();
-    note.extend_from_slice(&(NOTE_NAME_VMCOREINFO.len() as u32 + 1).to_le_bytes());
-    note.extend_from_slice(&(text.len() as u32).to_le_bytes());
-    note.extend_from_slice(&NT_VMCOREINFO.to_le_bytes());
-    note.extend_from_slice(b"VMCOREINFO\0\0");
-    note.extend_from_slice(text.as_bytes());
-    while !note.len().is_multiple_of(4) {
-        note.push(0);
-    }
     let at = VMCOREINFO_NOTE as usize;
-    g.low[at..at + note.len()].copy_from_slice(&note);
-
+    let note_len =
+        write_vmcoreinfo_note(&mut g.low[at..at + 0x1000], text.as_bytes()).expect("note fits");
     let ram = [
         PhysRange::new(0, RAM_LEN),
         PhysRange::new(HIGH_GPA, RAM_LEN),
@@ -58,9 +49,8 @@ fn kdump_guest(saved: &[u32]) -> (Guest, usize) {
         crash_kernel: PhysRange::new(CRASH_KERNEL.0, CRASH_KERNEL.1),
         crash_notes: &notes,
         crash_note_size: STRIDE,
-        // The whole note plus an empty terminator, as Linux's
-        // VMCOREINFO_NOTE_SIZE covers more than the note.
-        vmcoreinfo: PhysRange::new(VMCOREINFO_NOTE, note.len() as u64 + 12),
+        // The note and its empty terminator (Linux's VMCOREINFO_NOTE_SIZE).
+        vmcoreinfo: PhysRange::new(VMCOREINFO_NOTE, note_len as u64),
     };
     let at = ELFCOREHDR as usize;
     let len = build_elfcorehdr(&l, &mut g.low[at..at + 4096]).expect("header fits");
@@ -524,13 +514,7 @@ fn fuzz_seed() -> Vec<u8> {
         img[at..at + n.bytes.len()].copy_from_slice(&n.bytes);
     }
     let text = b"OSRELEASE=fuzz\nNUMBER(nr_cpus)=2\n";
-    let mut note = Vec::new();
-    for v in [11u32, text.len() as u32, 0] {
-        note.extend_from_slice(&v.to_le_bytes());
-    }
-    note.extend_from_slice(b"VMCOREINFO\0\0");
-    note.extend_from_slice(text);
-    img[0x800..0x800 + note.len()].copy_from_slice(&note);
+    write_vmcoreinfo_note(&mut img[0x800..0x900], text).expect("fits");
     let ram: Vec<PhysRange> = FUZZ_RAM
         .iter()
         .map(|&(s, l)| PhysRange::new(s, l))
