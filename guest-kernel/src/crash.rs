@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use guest_abi::elfnote::{CrashNote, CRASH_NOTE_BYTES};
 use guest_kernel::crashnote::{prstatus_from_frame, SegmentState};
-use guest_kernel::elfcorehdr::{build, ram_minus, Phdr, PT_LOAD, PT_NOTE};
+use guest_kernel::elfcorehdr::{build_elfcorehdr, CoreHdrLayout, PhysRange};
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
 
@@ -393,6 +393,8 @@ pub fn set_crashkernel(start: u64, end: u64) {
     CRASHK_END.store(end, Ordering::Release);
 }
 
+/// Most RAM ranges the elfcorehdr describes (the PVH memmap has a handful).
+const MAX_RAM_RANGES: usize = 32;
 /// Room for the elfcorehdr at the end of the crashkernel region.
 const ELFCOREHDR_MAX: u64 = 16 * 1024;
 /// Where the elfcorehdr was built (0: none).
@@ -411,31 +413,32 @@ pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u
     }
     let at = end - ELFCOREHDR_MAX;
     let (notes, stride) = crash_notes();
-    let cpus = smp::expected_cpus() as u64;
-    let cpu_notes = (0..cpus).map(move |c| Phdr {
-        p_type: PT_NOTE,
-        addr: notes + c * stride as u64,
-        size: CRASH_NOTE_BYTES as u64,
-    });
-    let info = core::iter::once(Phdr {
-        p_type: PT_NOTE,
-        addr: vmcoreinfo.0,
-        size: vmcoreinfo.1,
-    });
-    let loads = ram
+    let cpus = (smp::expected_cpus() as usize).min(guest_abi::MAX_CPUS);
+    let mut note_addrs = [0u64; guest_abi::MAX_CPUS];
+    for (c, addr) in note_addrs.iter_mut().enumerate().take(cpus) {
+        *addr = notes + c as u64 * stride as u64;
+    }
+    // No indexing below: a failed bounds check would pull in core::fmt.
+    let mut ram_ranges = [PhysRange::default(); MAX_RAM_RANGES];
+    let mut nr_ram = 0;
+    let ram_entries = ram
         .iter()
-        .filter(|e| e.type_ == guest_abi::pvh::MEMMAP_TYPE_RAM)
-        .flat_map(move |e| ram_minus((e.addr, e.addr.saturating_add(e.size)), (start, end)))
-        .flatten()
-        .map(|(s, e)| Phdr {
-            p_type: PT_LOAD,
-            addr: s,
-            size: e - s,
-        });
+        .filter(|e| e.type_ == guest_abi::pvh::MEMMAP_TYPE_RAM);
+    for (slot, e) in ram_ranges.iter_mut().zip(ram_entries) {
+        *slot = PhysRange::new(e.addr, e.size);
+        nr_ram += 1;
+    }
+    let layout = CoreHdrLayout {
+        ram: ram_ranges.get(..nr_ram).unwrap_or(&[]),
+        crash_kernel: PhysRange::new(start, end - start),
+        crash_notes: note_addrs.get(..cpus).unwrap_or(&[]),
+        crash_note_size: CRASH_NOTE_BYTES as u64,
+        vmcoreinfo: PhysRange::new(vmcoreinfo.0, vmcoreinfo.1),
+    };
     // SAFETY: the region is reserved RAM below 4 GiB (identity-mapped) that
     // nothing else uses; only the boot CPU writes it, once.
     let buf = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, ELFCOREHDR_MAX as usize) };
-    match build(buf, cpu_notes.chain(info).chain(loads)) {
+    match build_elfcorehdr(&layout, buf) {
         Ok(size) => {
             ELFCOREHDR.store(at, Ordering::Release);
             console::line()
@@ -445,8 +448,10 @@ pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u
                 .dec(size as u64)
                 .str(" bytes)\n");
         }
-        Err(_) => console::line()
-            .str("kexec: elfcorehdr does not fit; none prepared\n")
+        Err(e) => console::line()
+            .str("kexec: no elfcorehdr prepared: ")
+            .str(e.as_str())
+            .str("\n")
             .done(),
     }
 }

@@ -25,6 +25,12 @@
 //! V = "pass" | "fail" | "missing" | "corrupt" | "skipped"
 //! ```
 //!
+//! The same checks run on both kinds of vmcore ([`Vmcore::is_kdump`]): in a
+//! host-side dump `host_note` is the `CORE`/NT_PRSTATUS note and the guest
+//! note is read from RAM through VMCOREINFO; in a kdump vmcore `host_note`
+//! is the `VMMHOST` note and the guest note is the `CORE`/NT_PRSTATUS note
+//! with `pr_pid == vcpu + 1` that the elfcorehdr's PT_NOTEs supplied.
+//!
 //! `missing` means the thing was never written (a guest that did not panic,
 //! a CPU that was stopped before saving); `corrupt` means something is there
 //! but is not what the contract says.
@@ -164,9 +170,14 @@ pub enum GuestNote {
     Corrupt(String),
 }
 
-/// CPU `cpu`'s crash note, found through VMCOREINFO (see
-/// [`guest_abi::elfnote`] for the contract).
+/// CPU `cpu`'s crash note. In a host-side dump it is found in dumped RAM
+/// through VMCOREINFO; in a kdump vmcore it is the `CORE`/NT_PRSTATUS note
+/// with `pr_pid == cpu + 1` in the note segment (see [`guest_abi::elfnote`]
+/// for both contracts).
 pub fn guest_crash_note(core: &Vmcore, info: Option<&VmcoreInfo>, cpu: u32) -> GuestNote {
+    if core.is_kdump() {
+        return kdump_crash_note(core, cpu);
+    }
     let Some(info) = info else {
         return GuestNote::Missing("guest registered no VMCOREINFO".into());
     };
@@ -212,6 +223,43 @@ pub fn guest_crash_note(core: &Vmcore, info: Option<&VmcoreInfo>, cpu: u32) -> G
     match ElfPrstatus::from_bytes(&buf[CRASH_NOTE_PRSTATUS_OFFSET..]) {
         Some(p) => GuestNote::Valid(Box::new(p)),
         None => GuestNote::Corrupt("short descriptor".into()),
+    }
+}
+
+/// The guest's note for `cpu` among a kdump vmcore's notes. The capture
+/// path copies only saved notes, so absence means "never saved".
+fn kdump_crash_note(core: &Vmcore, cpu: u32) -> GuestNote {
+    let mut found = None;
+    for n in core.find_notes(NOTE_NAME_CORE, NT_PRSTATUS) {
+        if n.desc.len() != ELF_PRSTATUS_SIZE {
+            continue;
+        }
+        let Some(p) = ElfPrstatus::from_bytes(&n.desc) else {
+            continue;
+        };
+        if i64::from(p.pr_pid) != i64::from(cpu) + 1 {
+            continue;
+        }
+        if found.is_some() {
+            return GuestNote::Corrupt(format!("two CORE notes with pr_pid {}", p.pr_pid));
+        }
+        found = Some(p);
+    }
+    match found {
+        Some(p) => GuestNote::Valid(Box::new(p)),
+        None => {
+            let bad = core
+                .find_notes(NOTE_NAME_CORE, NT_PRSTATUS)
+                .filter(|n| n.desc.len() != ELF_PRSTATUS_SIZE)
+                .count();
+            if bad > 0 {
+                GuestNote::Corrupt(format!(
+                    "no note for this CPU; {bad} CORE note(s) with a bad descriptor size"
+                ))
+            } else {
+                GuestNote::Missing("no CORE note in the elfcorehdr's PT_NOTEs (never saved)".into())
+            }
+        }
     }
 }
 
@@ -315,7 +363,14 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
     checks.push(NamedCheck {
         name: "host_notes",
         result: match (hosts.is_empty(), dup) {
-            (true, _) => CheckResult::new(Verdict::Missing, "no CORE/NT_PRSTATUS notes"),
+            (true, _) => CheckResult::new(
+                Verdict::Missing,
+                if core.is_kdump() {
+                    "no VMMHOST host-register notes"
+                } else {
+                    "no CORE/NT_PRSTATUS notes"
+                },
+            ),
             (_, Some(d)) => CheckResult::new(Verdict::Corrupt, format!("vCPU {} twice", d.vcpu)),
             _ => CheckResult::new(Verdict::Pass, format!("{} vCPUs", hosts.len())),
         },

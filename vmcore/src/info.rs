@@ -92,6 +92,11 @@ pub struct CpuInfo {
 /// Everything `vmcore info` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Info {
+    /// Where the dump came from: "host" (the VMM's host-side dump) or
+    /// "kdump" (written from the guest's elfcorehdr).
+    pub kind: &'static str,
+    /// For a kdump vmcore: GPA of the elfcorehdr it was written from.
+    pub elfcorehdr: Option<u64>,
     /// Number of PT_LOADs and the RAM they cover.
     pub loads: usize,
     /// Bytes of memory covered.
@@ -244,6 +249,8 @@ pub fn info(core: &Vmcore, symbols: Option<&Symbols>) -> Info {
         })
         .collect();
     Info {
+        kind: if core.is_kdump() { "kdump" } else { "host" },
+        elfcorehdr: core.kdump_note().map(|k| k.elfcorehdr),
         loads: core.loads().len(),
         ram_bytes: core.loads().iter().map(|l| l.memsz).sum(),
         cpus,
@@ -262,6 +269,10 @@ impl Info {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
+        let _ = match self.elfcorehdr {
+            Some(a) => writeln!(s, "dump: {} (elfcorehdr at {a:#x})", self.kind),
+            None => writeln!(s, "dump: {}", self.kind),
+        };
         let _ = writeln!(
             s,
             "memory: {} PT_LOADs, {} MiB",

@@ -24,13 +24,23 @@
 //! `p_vaddr = 0` except on a segment at `p_paddr = 0` (an identity mapping
 //! of low memory looks the same).
 //!
+//! # kdump vmcores
+//!
+//! [`parse_elfcorehdr`] validates the guest's elfcorehdr (hostile input) and
+//! [`write_kdump_vmcore`] writes the vmcore from it, as `/proc/vmcore` would:
+//! the guest's notes first, then the VMM's (host registers as `VMMHOST`, not
+//! `CORE`), and a `VMMKDUMP` marker note. The reader and checker tell the two
+//! kinds apart by that marker ([`Vmcore::is_kdump`]).
+//!
 //! The note layouts and the VMCOREINFO keys the guest publishes are defined
 //! in [`guest_abi::elfnote`].
 
 mod check;
 mod cpu;
 mod elf;
+mod elfcorehdr;
 mod info;
+mod kdump;
 mod pagewalk;
 mod ram;
 mod reader;
@@ -42,7 +52,12 @@ pub use check::{
     VcpuCheck, Verdict,
 };
 pub use cpu::{CpuState, DescriptorTable, PvpanicLog, Segment, VmxState};
+pub use elfcorehdr::{
+    parse_elfcorehdr, ElfCoreHdr, ElfCoreHdrError, GuestNotes, LoadRange, NoteSegment,
+    MAX_ELFCOREHDR_BYTES, MAX_NOTES_BYTES, MAX_PHNUM,
+};
 pub use info::{info, CpuInfo, Info, InfoError, PvpanicEvent, Symbols};
+pub use kdump::{plan_kdump_vmcore, write_kdump_vmcore, KdumpInput, KdumpPlan};
 pub use pagewalk::{walk_page_tables, VirtRun};
 pub use ram::{ram_regions_from_guest_memory, RamRegion};
 pub use reader::{HostCpu, LoadSegment, Note, ReadAt, ReadError, Vmcore};

@@ -7,10 +7,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use guest_abi::elfnote::{
-    ElfPrstatus, PvpanicLogEntry, PvpanicLogHeader, QemuCpuState, VmxStateNote, ELF_PRSTATUS_SIZE,
-    NHDR_SIZE, NOTE_NAME_CORE, NOTE_NAME_PVPANIC, NOTE_NAME_QEMU, NOTE_NAME_VMCOREINFO,
-    NOTE_NAME_VMX, NT_PRSTATUS, NT_QEMU_CPUSTATE, NT_VMCOREINFO, NT_VMM_PVPANIC, NT_VMM_VMX,
-    PVPANIC_LOG_ENTRY_SIZE, PVPANIC_LOG_HEADER_SIZE,
+    ElfPrstatus, KdumpNote, PvpanicLogEntry, PvpanicLogHeader, QemuCpuState, VmxStateNote,
+    ELF_PRSTATUS_SIZE, NHDR_SIZE, NOTE_NAME_CORE, NOTE_NAME_KDUMP, NOTE_NAME_PVPANIC,
+    NOTE_NAME_QEMU, NOTE_NAME_VMCOREINFO, NOTE_NAME_VMMHOST, NOTE_NAME_VMX, NT_PRSTATUS,
+    NT_QEMU_CPUSTATE, NT_VMCOREINFO, NT_VMM_HOST_PRSTATUS, NT_VMM_KDUMP, NT_VMM_PVPANIC,
+    NT_VMM_VMX, PVPANIC_LOG_ENTRY_SIZE, PVPANIC_LOG_HEADER_SIZE,
 };
 use serde::Serialize;
 
@@ -365,16 +366,40 @@ impl Vmcore {
         self.notes.iter().filter(move |n| n.is(name, n_type))
     }
 
-    /// The host-captured vCPUs: each `CORE`/PRSTATUS note, with the n-th
-    /// `QEMU` note and the `VMMVMX` note of the same vCPU.
+    /// Whether this is a kdump vmcore (written from the guest's elfcorehdr):
+    /// it has a `VMMKDUMP` note. See [`guest_abi::elfnote`] for the rule.
+    pub fn is_kdump(&self) -> bool {
+        self.find_notes(NOTE_NAME_KDUMP, NT_VMM_KDUMP)
+            .next()
+            .is_some()
+    }
+
+    /// The `VMMKDUMP` marker's contents, if this is a kdump vmcore with a
+    /// well-formed marker.
+    pub fn kdump_note(&self) -> Option<KdumpNote> {
+        self.find_notes(NOTE_NAME_KDUMP, NT_VMM_KDUMP)
+            .next()
+            .and_then(|n| KdumpNote::from_bytes(&n.desc))
+    }
+
+    /// The host-captured vCPUs: each host PRSTATUS note, with the n-th
+    /// `QEMU` note and the `VMMVMX` note of the same vCPU. Host PRSTATUS
+    /// notes are `CORE`/NT_PRSTATUS in a host-side dump and
+    /// `VMMHOST`/NT_VMM_HOST_PRSTATUS in a kdump vmcore (where `CORE` notes
+    /// are the guest's).
     pub fn host_cpus(&self) -> Vec<HostCpu> {
+        let (name, n_type) = if self.is_kdump() {
+            (NOTE_NAME_VMMHOST, NT_VMM_HOST_PRSTATUS)
+        } else {
+            (NOTE_NAME_CORE, NT_PRSTATUS)
+        };
         let qemu: Vec<&Note> = self.find_notes(NOTE_NAME_QEMU, NT_QEMU_CPUSTATE).collect();
         let vmx: Vec<VmxState> = self
             .find_notes(NOTE_NAME_VMX, NT_VMM_VMX)
             .filter_map(|n| VmxStateNote::from_bytes(&n.desc))
             .map(|n| VmxState::from_note(&n))
             .collect();
-        self.find_notes(NOTE_NAME_CORE, NT_PRSTATUS)
+        self.find_notes(name, n_type)
             .enumerate()
             .map(|(i, n)| {
                 let prstatus = (n.desc.len() == ELF_PRSTATUS_SIZE)

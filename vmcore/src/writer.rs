@@ -20,6 +20,7 @@ use guest_abi::elfnote::{
 
 use crate::cpu::{CpuState, PvpanicLog, VmxState};
 use crate::elf::{self, Phdr, PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE};
+use crate::elfcorehdr::ElfCoreHdrError;
 use crate::pagewalk::{physical_to_virtual, walk_page_tables};
 use crate::ram::RamRegion;
 
@@ -61,9 +62,13 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    /// Two RAM regions overlap, or a region wraps the address space.
+    /// Two RAM regions overlap, or a region wraps the address space (or,
+    /// for a kdump vmcore, a PT_LOAD is not inside one RAM region).
     #[error("RAM regions overlap or wrap at GPA {0:#x}")]
     BadRam(u64),
+    /// The guest's elfcorehdr (or the notes it points at) is invalid.
+    #[error("bad elfcorehdr")]
+    ElfCoreHdr(#[source] ElfCoreHdrError),
 }
 
 /// What to dump.
@@ -132,12 +137,15 @@ pub struct DumpStats {
 
 /// A PT_LOAD to be: which region, which bytes of it, where in the file.
 #[derive(Clone, Copy, Debug)]
-struct Load {
-    region: usize,
-    start: u64,
-    len: u64,
-    vaddr: u64,
-    offset: u64,
+pub(crate) struct Load {
+    /// Index into the RAM regions.
+    pub region: usize,
+    /// Offset of the first byte inside that region.
+    pub start: u64,
+    pub len: u64,
+    pub vaddr: u64,
+    /// File offset (set by [`layout`]).
+    pub offset: u64,
 }
 
 /// Write a vmcore for `input` to `path`, atomically: the data goes to
@@ -151,6 +159,19 @@ pub fn write_vmcore(
     input: &DumpInput<'_>,
     opts: &WriteOptions,
     progress: &mut dyn FnMut(Progress),
+) -> Result<DumpStats, WriteError> {
+    write_atomically(path, opts, &mut |file| {
+        write_to_file(file, input, opts, progress)
+    })
+}
+
+/// Create `.<name>.tmp.<pid>.<n>` beside `path`, let `fill` write it, fsync
+/// (per `opts`), rename over `path` and fsync the directory. On any error
+/// the temporary file is removed and nothing appears under `path`.
+pub(crate) fn write_atomically(
+    path: &Path,
+    opts: &WriteOptions,
+    fill: &mut dyn FnMut(&File) -> Result<DumpStats, Inner>,
 ) -> Result<DumpStats, WriteError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let started = Instant::now();
@@ -181,13 +202,7 @@ pub fn write_vmcore(
         })?;
     let guard = RemoveOnDrop(Some(tmp.clone()));
 
-    let mut stats = write_to_file(&file, input, opts, progress).map_err(|e| match e {
-        Inner::Io(source) => WriteError::Write {
-            path: tmp.clone(),
-            source,
-        },
-        Inner::BadRam(gpa) => WriteError::BadRam(gpa),
-    })?;
+    let mut stats = fill(&file).map_err(|e| e.into_write_error(&tmp))?;
     if opts.sync {
         file.sync_all().map_err(|source| WriteError::Write {
             path: tmp.clone(),
@@ -230,9 +245,23 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-enum Inner {
+pub(crate) enum Inner {
     Io(std::io::Error),
     BadRam(u64),
+    Hdr(ElfCoreHdrError),
+}
+
+impl Inner {
+    fn into_write_error(self, tmp: &Path) -> WriteError {
+        match self {
+            Inner::Io(source) => WriteError::Write {
+                path: tmp.to_path_buf(),
+                source,
+            },
+            Inner::BadRam(gpa) => WriteError::BadRam(gpa),
+            Inner::Hdr(e) => WriteError::ElfCoreHdr(e),
+        }
+    }
 }
 
 impl From<std::io::Error> for Inner {
@@ -243,50 +272,69 @@ impl From<std::io::Error> for Inner {
 
 fn build_notes(input: &DumpInput<'_>) -> (Vec<u8>, u64) {
     let mut notes = Vec::new();
-    let mut count = 0;
-    for cpu in input.cpus {
-        elf::encode_note(
-            &mut notes,
-            NOTE_NAME_CORE,
-            NT_PRSTATUS,
-            cpu.to_prstatus().as_bytes(),
-        );
-        elf::encode_note(
-            &mut notes,
-            NOTE_NAME_QEMU,
-            NT_QEMU_CPUSTATE,
-            cpu.to_qemu().as_bytes(),
-        );
-        count += 2;
-        if let Some(v) = input.vmx.iter().find(|v| v.vcpu == cpu.vcpu) {
-            elf::encode_note(
-                &mut notes,
-                NOTE_NAME_VMX,
-                NT_VMM_VMX,
-                v.to_note().as_bytes(),
-            );
-            count += 1;
-        }
-    }
+    let mut count = encode_host_cpu_notes(
+        &mut notes,
+        input.cpus,
+        input.vmx,
+        NOTE_NAME_CORE,
+        NT_PRSTATUS,
+    );
     if let Some(text) = input.vmcoreinfo {
         elf::encode_note(&mut notes, NOTE_NAME_VMCOREINFO, NT_VMCOREINFO, text);
         count += 1;
     }
     if let Some(log) = input.pvpanic {
-        let header = PvpanicLogHeader {
-            version: PVPANIC_LOG_VERSION,
-            entry_size: PVPANIC_LOG_ENTRY_SIZE as u32,
-            count: log.entries.len() as u32,
-            dropped: log.dropped,
-        };
-        let mut desc = header.as_bytes().to_vec();
-        for e in &log.entries {
-            desc.extend_from_slice(e.as_bytes());
-        }
-        elf::encode_note(&mut notes, NOTE_NAME_PVPANIC, NT_VMM_PVPANIC, &desc);
+        encode_pvpanic_note(&mut notes, log);
         count += 1;
     }
     (notes, count)
+}
+
+/// Per vCPU: the host registers as `prstatus_name`/`prstatus_type`, its
+/// `QEMU` note and its `VMMVMX` note if `vmx` has one. Returns the count.
+pub(crate) fn encode_host_cpu_notes(
+    notes: &mut Vec<u8>,
+    cpus: &[CpuState],
+    vmx: &[VmxState],
+    prstatus_name: &[u8],
+    prstatus_type: u32,
+) -> u64 {
+    let mut count = 0;
+    for cpu in cpus {
+        elf::encode_note(
+            notes,
+            prstatus_name,
+            prstatus_type,
+            cpu.to_prstatus().as_bytes(),
+        );
+        elf::encode_note(
+            notes,
+            NOTE_NAME_QEMU,
+            NT_QEMU_CPUSTATE,
+            cpu.to_qemu().as_bytes(),
+        );
+        count += 2;
+        if let Some(v) = vmx.iter().find(|v| v.vcpu == cpu.vcpu) {
+            elf::encode_note(notes, NOTE_NAME_VMX, NT_VMM_VMX, v.to_note().as_bytes());
+            count += 1;
+        }
+    }
+    count
+}
+
+/// The `VMMPVPANIC` note.
+pub(crate) fn encode_pvpanic_note(notes: &mut Vec<u8>, log: &PvpanicLog) {
+    let header = PvpanicLogHeader {
+        version: PVPANIC_LOG_VERSION,
+        entry_size: PVPANIC_LOG_ENTRY_SIZE as u32,
+        count: log.entries.len() as u32,
+        dropped: log.dropped,
+    };
+    let mut desc = header.as_bytes().to_vec();
+    for e in &log.entries {
+        desc.extend_from_slice(e.as_bytes());
+    }
+    elf::encode_note(notes, NOTE_NAME_PVPANIC, NT_VMM_PVPANIC, &desc);
 }
 
 /// Split RAM into PT_LOADs: at changes between mapped and unmapped, at
@@ -371,6 +419,15 @@ fn write_to_file(
 ) -> Result<DumpStats, Inner> {
     let (notes, note_count) = build_notes(input);
     let mut loads = plan_loads(input, opts.max_load_len)?;
+    let (head, file_size) = layout(&notes, &mut loads, input.ram);
+    write_image(
+        file, &head, file_size, note_count, &loads, input.ram, progress,
+    )
+}
+
+/// Give each load its file offset and encode the ELF header, program
+/// headers and notes. Returns (those head bytes, total file size).
+pub(crate) fn layout(notes: &[u8], loads: &mut [Load], ram: &[RamRegion<'_>]) -> (Vec<u8>, u64) {
     let phnum = 1 + loads.len() as u64;
     let xnum = phnum >= elf::PN_XNUM as u64;
     let phdrs_end = elf::EHDR_SIZE as u64 + phnum * elf::PHDR_SIZE as u64;
@@ -381,7 +438,7 @@ fn write_to_file(
         phdrs_end
     };
     let mut offset = align_up(notes_off + notes.len() as u64, PAGE as u64);
-    for l in &mut loads {
+    for l in loads.iter_mut() {
         l.offset = offset;
         offset = align_up(offset + l.len, PAGE as u64);
     }
@@ -398,8 +455,8 @@ fn write_to_file(
         ..Default::default()
     }
     .encode(&mut head);
-    for l in &loads {
-        let gpa = input.ram[l.region].gpa + l.start;
+    for l in loads.iter() {
+        let gpa = ram[l.region].gpa + l.start;
         Phdr {
             p_type: PT_LOAD,
             p_flags: PF_R | PF_W | PF_X,
@@ -415,24 +472,36 @@ fn write_to_file(
     if xnum {
         elf::encode_shdr0(&mut head, phnum);
     }
-    head.extend_from_slice(&notes);
+    head.extend_from_slice(notes);
+    (head, file_size)
+}
 
+/// Write `head` at 0 and each load's memory (sparse) at its offset.
+pub(crate) fn write_image(
+    file: &File,
+    head: &[u8],
+    file_size: u64,
+    note_count: u64,
+    loads: &[Load],
+    ram: &[RamRegion<'_>],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<DumpStats, Inner> {
     // Size the file first: everything not written below stays a hole.
     file.set_len(file_size)?;
-    file.write_all_at(&head, 0)?;
+    file.write_all_at(head, 0)?;
 
     let total: u64 = loads.iter().map(|l| l.len).sum();
     let mut done = 0u64;
     let mut data_bytes = 0u64;
-    let mut residency: Vec<Option<Vec<u8>>> = vec![None; input.ram.len()];
-    for (i, r) in input.ram.iter().enumerate() {
+    let mut residency: Vec<Option<Vec<u8>>> = vec![None; ram.len()];
+    for (i, r) in ram.iter().enumerate() {
         if r.untouched_reads_zero {
             residency[i] = mincore(r.data);
         }
     }
     progress(Progress { done, total });
-    for l in &loads {
-        let r = &input.ram[l.region];
+    for l in loads {
+        let r = &ram[l.region];
         let start = l.start as usize;
         let data = &r.data[start..start + l.len as usize];
         data_bytes += write_sparse(

@@ -10,6 +10,28 @@
 //! | `"VMMVMX"`     | [`NT_VMM_VMX`] (0x564d_5801) | [`VmxStateNote`], 40 bytes | VMM per vCPU (the pv-VMX model's state) |
 //! | `"VMCOREINFO"` | [`NT_VMCOREINFO`] (0) | `KEY=value\n` text | guest (copied by the VMM) |
 //! | `"VMMPVPANIC"` | [`NT_VMM_PVPANIC`] (0x564d_5802) | [`PvpanicLogHeader`] + entries | VMM, once |
+//! | `"VMMHOST"`    | [`NT_VMM_HOST_PRSTATUS`] (0x564d_5803) | [`ElfPrstatus`], 336 bytes | VMM per vCPU, kdump vmcores only (host registers) |
+//! | `"VMMKDUMP"`   | [`NT_VMM_KDUMP`] (0x564d_5804) | [`KdumpNote`], 24 bytes | VMM, once, kdump vmcores only |
+//!
+//! # Host-side dumps and kdump dumps
+//!
+//! A vmcore is a **kdump vmcore** iff it holds a `VMMKDUMP` note. The rule
+//! that tells host-captured registers from guest-saved ones:
+//!
+//! - Host-side dump (no `VMMKDUMP`): every `CORE`/[`NT_PRSTATUS`] note is
+//!   host-captured (from KVM); the guest's crash notes are read from guest
+//!   RAM through VMCOREINFO (`SYMBOL(crash_notes)`).
+//! - kdump dump: the note segment starts with the guest's notes exactly as
+//!   `/proc/vmcore` merges them from the elfcorehdr's PT_NOTEs (one
+//!   `CORE`/[`NT_PRSTATUS`] per CPU that saved its registers, then
+//!   `VMCOREINFO`), so `CORE`/[`NT_PRSTATUS`] notes are the **guest's**
+//!   (`pr_pid - 1` = CPU). The VMM's own per-vCPU registers follow as
+//!   `VMMHOST`/[`NT_VMM_HOST_PRSTATUS`], each with its `QEMU` and `VMMVMX`
+//!   note, then `VMMPVPANIC` and `VMMKDUMP`. The host registers use a type
+//!   other than [`NT_PRSTATUS`] on purpose: gdb turns every type-1 note into
+//!   a thread whatever its name, and must see one thread per guest CPU.
+//! - Names starting with `VMM`, and `QEMU`, are reserved for the VMM: a
+//!   guest note using one makes the VMM reject the elfcorehdr.
 //!
 //! Every note is an [`Elf64Nhdr`], the name (with its NUL, padded to 4 bytes),
 //! then the descriptor (padded to 4 bytes): see [`note_size`].
@@ -60,6 +82,15 @@ pub const NT_VMCOREINFO: u32 = 0;
 pub const NT_VMM_VMX: u32 = 0x564d_5801;
 /// `n_type` of the `VMMPVPANIC` note: ASCII "VM" then 0x58, number 2.
 pub const NT_VMM_PVPANIC: u32 = 0x564d_5802;
+
+/// `n_type` of the `VMMHOST` note: host-captured registers in a kdump vmcore.
+pub const NT_VMM_HOST_PRSTATUS: u32 = 0x564d_5803;
+/// `n_type` of the `VMMKDUMP` note marking a kdump vmcore.
+pub const NT_VMM_KDUMP: u32 = 0x564d_5804;
+/// Note name of host-captured registers in a kdump vmcore.
+pub const NOTE_NAME_VMMHOST: &[u8] = b"VMMHOST";
+/// Note name of the kdump-vmcore marker.
+pub const NOTE_NAME_KDUMP: &[u8] = b"VMMKDUMP";
 
 /// Note name of process-status notes (without the NUL).
 pub const NOTE_NAME_CORE: &[u8] = b"CORE";
@@ -579,6 +610,43 @@ impl PvpanicLogHeader {
     }
 }
 
+/// Version of [`KdumpNote`].
+pub const KDUMP_NOTE_VERSION: u32 = 1;
+/// Size of [`KdumpNote`].
+pub const KDUMP_NOTE_SIZE: usize = 24;
+
+/// Descriptor of the `VMMKDUMP`/[`NT_VMM_KDUMP`] note: where the vmcore
+/// came from. All fields little-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KdumpNote {
+    /// [`KDUMP_NOTE_VERSION`]. Later versions only append fields.
+    pub version: u32,
+    /// Number of guest notes copied from the elfcorehdr's PT_NOTEs.
+    pub guest_notes: u32,
+    /// GPA of the elfcorehdr the vmcore was written from.
+    pub elfcorehdr: u64,
+    /// Its length in bytes.
+    pub elfcorehdr_len: u64,
+}
+
+impl KdumpNote {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; KDUMP_NOTE_SIZE] {
+        // SAFETY: repr(C), two u32 then two u64: no padding; size asserted.
+        unsafe { &*(self as *const Self as *const [u8; KDUMP_NOTE_SIZE]) }
+    }
+
+    /// Decode (a longer, newer descriptor is accepted; its tail is ignored).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < KDUMP_NOTE_SIZE {
+            return None;
+        }
+        // SAFETY: bounds checked; integers only; unaligned read.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const Self) })
+    }
+}
+
 /// VMCOREINFO key: physical address of CPU 0's crash-note buffer.
 pub const VMCOREINFO_CRASH_NOTES: &str = "SYMBOL(crash_notes)";
 /// VMCOREINFO key: bytes between consecutive CPUs' crash-note buffers.
@@ -622,6 +690,7 @@ const _: () = assert!(core::mem::size_of::<VmxStateNote>() == VMX_NOTE_SIZE);
 const _: () = assert!(core::mem::size_of::<PvpanicLogHeader>() == PVPANIC_LOG_HEADER_SIZE);
 const _: () = assert!(core::mem::size_of::<PvpanicLogEntry>() == PVPANIC_LOG_ENTRY_SIZE);
 const _: () = assert!(core::mem::size_of::<CrashNote>() == CRASH_NOTE_BYTES);
+const _: () = assert!(core::mem::size_of::<KdumpNote>() == KDUMP_NOTE_SIZE);
 
 #[cfg(test)]
 mod tests {
