@@ -20,10 +20,15 @@
 
 pub mod acpi;
 pub mod cmdline;
+pub mod crashkernel;
+pub mod crashnote;
 pub mod fmt;
+pub mod kmsg;
 pub mod memmap;
+pub mod notifier;
 pub mod panic_policy;
 pub mod sync;
+pub mod vmcoreinfo;
 pub mod x86;
 
 pub use guest_abi::MAX_CPUS;

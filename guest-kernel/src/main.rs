@@ -9,14 +9,22 @@
 mod arch;
 mod boot;
 mod console;
+mod crash;
+mod dump;
+mod lkdtm;
 mod mem;
+mod panic;
 mod platform;
 mod power;
+mod pv;
+mod pvpanic;
 mod smp;
 mod time;
 
 use guest_kernel::acpi::CpuList;
-use guest_kernel::cmdline::{BootConfig, PostBoot};
+use guest_kernel::cmdline::{BootConfig, PanicKnobs, PostBoot};
+use guest_kernel::crashkernel;
+use guest_kernel::x86::paging::MAPPED_BYTES;
 use guest_kernel::MAX_CPUS;
 
 use arch::{apic, cpu, gdt, idt, percpu};
@@ -42,6 +50,71 @@ fn cpu_online_line(cpu_nr: usize, apic_id: u32) {
         .str(")\n");
 }
 
+/// `vmx=on`: VMXON and a loaded VMCS on this CPU (through pv_vmx, or real
+/// VMX where CPUID has it).
+fn vmx_init(cpu_nr: usize) {
+    if panic::knobs().vmx {
+        let rsp: u64;
+        // SAFETY: reads RSP only.
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
+        };
+        pv::vmx::init_cpu(cpu_nr, rsp);
+    }
+}
+
+fn vmx_summary(knobs: &PanicKnobs, online: u32) {
+    let mut line = console::line();
+    line.str("vmx: ");
+    if !knobs.vmx {
+        line.str("off (vmx=off)\n");
+    } else if !pv::vmx::present() && !pv::vmx::real() {
+        line.str("no VMX and no pv_vmx device; not used\n");
+    } else {
+        line.str("on ")
+            .dec(pv::vmx::count_on() as u64)
+            .str("/")
+            .dec(online as u64)
+            .str(" CPUs (")
+            .str(if pv::vmx::real() {
+                "real VMX"
+            } else {
+                "pv_vmx model"
+            })
+            .str(")\n");
+    }
+}
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// `crashkernel=`: reserves the region; a crash kernel then counts as loaded.
+fn reserve_crashkernel(boot: &BootInfo, knobs: &PanicKnobs) {
+    let Some(spec) = knobs.crashkernel else {
+        return;
+    };
+    let kernel_end = (&raw const __kernel_end) as u64;
+    match crashkernel::place(boot.memmap(), spec, kernel_end, MAPPED_BYTES) {
+        Some((start, end)) => {
+            crash::set_crashkernel(start, end);
+            console::line()
+                .str("crashkernel: reserved ")
+                .hex(start)
+                .str("-")
+                .hex(end)
+                .str(" (")
+                .dec((end - start) >> 20)
+                .str(" MiB)\n");
+        }
+        None => console::line()
+            .str("crashkernel: cannot reserve ")
+            .dec(spec.size >> 20)
+            .str(" MiB; kdump disabled\n")
+            .done(),
+    }
+}
+
 /// The boot CPU's Rust entry, from `bsp_start64` (boot.rs).
 #[no_mangle]
 extern "C" fn kmain(start_info: u64) -> ! {
@@ -65,6 +138,13 @@ extern "C" fn kmain(start_info: u64) -> ! {
             .str("cmdline: ignored ")
             .dec(config.invalid as u64)
             .str(" invalid value(s)\n");
+    }
+
+    panic::configure(config.panic);
+    crash::init();
+    lkdtm::init();
+    if config.panic.unknown_nmi_panic {
+        arch::traps::set_unknown_nmi_hook(panic::unknown_nmi_panic);
     }
 
     let (khz, source) = time::init();
@@ -99,6 +179,13 @@ extern "C" fn kmain(start_info: u64) -> ! {
             .str(" CPU(s) beyond nr_cpus/MAX_CPUS\n");
     }
 
+    smp::set_expected(order.len() as u32);
+    boot.memmap(); // recorded for panic_print=0x02
+    pv::init();
+    pvpanic::init();
+    reserve_crashkernel(&boot, &config.panic);
+
+    vmx_init(0);
     cpu_online_line(0, bsp_apic);
     smp::mark_online(0);
     let trampoline = boot::TRAMPOLINE_ADDR;
@@ -116,6 +203,11 @@ extern "C" fn kmain(start_info: u64) -> ! {
         .str("/")
         .dec(order.len() as u64)
         .str("\n");
+    vmx_summary(&config.panic, online);
+    dump::init_vmcoreinfo();
+    if let Some(req) = config.panic.crash_after_boot {
+        lkdtm::crash_after_boot(req);
+    }
 
     match config.post_boot {
         PostBoot::Idle => cpu::idle(),
@@ -128,29 +220,28 @@ extern "C" fn kmain(start_info: u64) -> ! {
 #[no_mangle]
 extern "C" fn ap_main(cpu_nr: usize) -> ! {
     let apic_id = cpu_init(cpu_nr);
+    vmx_init(cpu_nr);
     cpu_online_line(cpu_nr, apic_id);
     smp::mark_online(cpu_nr);
     cpu::idle()
 }
 
 #[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    // No core::fmt here: print only the location.
-    let Some(mut line) = console::line_in_trap(true) else {
-        cpu::halt_forever()
-    };
-    line.str("Rust panic");
-    if let Some(loc) = info.location() {
-        line.str(" at ")
-            .str(loc.file())
-            .str(":")
-            .dec(loc.line() as u64);
+fn rust_panic(info: &core::panic::PanicInfo) -> ! {
+    // No core::fmt here: print only the location, then the kernel's panic.
+    if let Some(mut line) = console::line_in_trap(true) {
+        line.str("Rust panic");
+        if let Some(loc) = info.location() {
+            line.str(" at ")
+                .str(loc.file())
+                .str(":")
+                .dec(loc.line() as u64);
+        }
+        line.str(" on CPU ")
+            .dec(percpu::current_cpu() as u64)
+            .str("\n");
     }
-    line.str(" on CPU ")
-        .dec(percpu::current_cpu() as u64)
-        .str("\n");
-    drop(line);
-    cpu::halt_forever()
+    panic::panic("Rust panic")
 }
 
 /// Referenced by the precompiled `core`; never called (panic = abort).

@@ -101,6 +101,24 @@ pub enum Step {
     FlushAndReboot,
 }
 
+impl Step {
+    /// The name in `panic: step <name>` log lines (Linux's function names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CrashKexec => "crash_kexec",
+            Self::SmpSendStop => "smp_send_stop",
+            Self::CrashSmpSendStop => "crash_smp_send_stop",
+            Self::Notifiers => "panic_notifier_list",
+            Self::InfoNotifiers => "panic_info_notifier_list",
+            Self::HypervisorNotifiers => "panic_hypervisor_notifier_list",
+            Self::RebootNotifiers => "panic_reboot_notifier_list",
+            Self::PanicPrint => "panic_print",
+            Self::KmsgDump => "kmsg_dump",
+            Self::FlushAndReboot => "flush_and_reboot",
+        }
+    }
+}
+
 /// The most steps any policy takes.
 pub const MAX_STEPS: usize = 12;
 
@@ -130,6 +148,11 @@ impl Steps {
     /// The steps in order.
     pub fn iter(&self) -> impl Iterator<Item = Step> + '_ {
         self.steps[..self.len].iter().flatten().copied()
+    }
+
+    /// Step `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Step> {
+        self.steps.get(i).copied().flatten()
     }
 
     /// Number of steps.

@@ -6,6 +6,10 @@ use guest_kernel::acpi::{self, AcpiError, PhysMem, Platform};
 use guest_kernel::memmap;
 use guest_kernel::x86::paging::MAPPED_BYTES;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::console;
+
 /// Physical memory through the boot identity map (the low 4 GiB).
 #[derive(Debug)]
 pub struct IdentityMap;
@@ -61,6 +65,30 @@ impl BootInfo {
         self.info.rsdp_paddr
     }
 
+    /// The memory map entries (empty for a version 0 start_info or a bad
+    /// map). Also recorded for `panic_print`.
+    pub fn memmap(&self) -> &'static [HvmMemmapEntry] {
+        const MAX_ENTRIES: usize = 1024;
+        let count = if self.info.version >= 1 {
+            (self.info.memmap_entries as usize).min(MAX_ENTRIES)
+        } else {
+            0
+        };
+        let size = core::mem::size_of::<HvmMemmapEntry>();
+        let Some(bytes) = IdentityMap.read(self.info.memmap_paddr, count.saturating_mul(size))
+        else {
+            return &[];
+        };
+        let first = bytes.as_ptr().cast::<HvmMemmapEntry>();
+        if count == 0 || !first.is_aligned() {
+            return &[];
+        }
+        MEMMAP_ADDR.store(first as u64, Ordering::Relaxed);
+        MEMMAP_COUNT.store(count as u64, Ordering::Relaxed);
+        // SAFETY: as in `is_ram`.
+        unsafe { core::slice::from_raw_parts(first, count) }
+    }
+
     /// Whether `[start, end)` lies in one RAM entry of the memory map.
     pub fn is_ram(&self, start: u64, end: u64) -> bool {
         // No loader sends more than a few dozen entries; a huge count is junk.
@@ -87,6 +115,38 @@ impl BootInfo {
         // does not change the map while the kernel runs.
         let entries = unsafe { core::slice::from_raw_parts(first, count) };
         memmap::range_is_ram(entries, start, end)
+    }
+}
+
+/// The memory map, recorded at boot for `panic_print=0x02`.
+static MEMMAP_ADDR: AtomicU64 = AtomicU64::new(0);
+static MEMMAP_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Prints the memory map (panic_print 0x02).
+pub fn print_memmap() {
+    let (addr, count) = (
+        MEMMAP_ADDR.load(Ordering::Relaxed),
+        MEMMAP_COUNT.load(Ordering::Relaxed) as usize,
+    );
+    console::line().str("panic_print: memory map:\n");
+    if addr == 0 {
+        return;
+    }
+    // SAFETY: recorded by `BootInfo::memmap`, which validated the range.
+    let entries = unsafe { core::slice::from_raw_parts(addr as *const HvmMemmapEntry, count) };
+    for e in entries {
+        console::line()
+            .str("  [mem ")
+            .hex(e.addr)
+            .str("-")
+            .hex(e.addr.saturating_add(e.size).saturating_sub(1))
+            .str("] ")
+            .str(if e.type_ == guest_abi::pvh::MEMMAP_TYPE_RAM {
+                "usable"
+            } else {
+                "reserved"
+            })
+            .str("\n");
     }
 }
 

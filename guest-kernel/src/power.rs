@@ -49,6 +49,7 @@ fn slp_en_value(typ: u16) -> u16 {
 /// Powers the machine off; halts if nothing works.
 pub fn poweroff() -> ! {
     cli();
+    crate::pvpanic::shutdown();
     let port = match PM1A_CNT.load(Ordering::Relaxed) {
         0 => PM1A_CNT_BLK,
         p => p as u16,

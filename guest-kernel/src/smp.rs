@@ -3,7 +3,7 @@
 //! and SIPIs go to all APs first and the wait comes after, so the APs boot
 //! in parallel.
 
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use guest_kernel::acpi::CpuList;
 use guest_kernel::MAX_CPUS;
@@ -20,6 +20,11 @@ use crate::time::{udelay, Deadline};
 static APIC_TO_CPU: [AtomicU8; 256] = [const { AtomicU8::new(0xff) }; 256];
 
 static ONLINE: AtomicU32 = AtomicU32::new(0);
+/// Bit n set: CPU n is online (Linux's `cpu_online_mask`). The stop paths
+/// clear a CPU's bit when it stops.
+static ONLINE_MASK: AtomicU64 = AtomicU64::new(0);
+/// CPUs the boot CPU expected (from the MADT, capped by nr_cpus).
+static EXPECTED: AtomicU32 = AtomicU32::new(1);
 
 /// xAPIC ID 0xff is the broadcast address: IDs from here on need x2APIC.
 const XAPIC_BROADCAST: u32 = 0xff;
@@ -36,7 +41,33 @@ pub fn mark_online(cpu: usize) {
     if let Some(pc) = percpu(cpu) {
         pc.set_online();
     }
+    ONLINE_MASK.fetch_or(1 << (cpu % 64), Ordering::AcqRel);
     ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The online mask (bit n = CPU n).
+pub fn online_mask() -> u64 {
+    ONLINE_MASK.load(Ordering::Acquire)
+}
+
+/// Takes `cpu` out of the online mask (it stopped).
+pub fn set_offline(cpu: usize) {
+    ONLINE_MASK.fetch_and(!(1 << (cpu % 64)), Ordering::AcqRel);
+}
+
+/// Number of CPUs the kernel knows about (crash-note buffers in use).
+pub fn expected_cpus() -> u32 {
+    EXPECTED.load(Ordering::Relaxed)
+}
+
+/// Records how many CPUs the boot CPU is bringing up.
+pub fn set_expected(n: u32) {
+    EXPECTED.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The xAPIC ID of `cpu`.
+pub fn apic_id_of(cpu: usize) -> Option<u32> {
+    percpu(cpu).map(|pc| pc.apic_id())
 }
 
 /// CPUs online so far.

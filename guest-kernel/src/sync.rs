@@ -118,8 +118,74 @@ impl<T> Drop for SpinLockGuard<'_, T> {
     }
 }
 
+/// A value set once (at boot) and read from anywhere afterwards, without
+/// locks (so a stopped CPU can never block a reader).
+#[derive(Debug)]
+pub struct SetOnce<T: Copy> {
+    state: AtomicU32,
+    value: UnsafeCell<Option<T>>,
+}
+
+// SAFETY: the value is written once, before `state` becomes SET (Release),
+// and only read after observing SET (Acquire); no writer runs after that.
+unsafe impl<T: Copy + Send> Sync for SetOnce<T> {}
+
+const UNSET: u32 = 0;
+const SETTING: u32 = 1;
+const SET: u32 = 2;
+
+impl<T: Copy> SetOnce<T> {
+    /// Not set yet.
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicU32::new(UNSET),
+            value: UnsafeCell::new(None),
+        }
+    }
+
+    /// Sets the value; false if it was already set (or being set).
+    pub fn set(&self, v: T) -> bool {
+        if self
+            .state
+            .compare_exchange(UNSET, SETTING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: the CAS above made this the only writer, and readers only
+        // look after SET is published below.
+        unsafe { *self.value.get() = Some(v) };
+        self.state.store(SET, Ordering::Release);
+        true
+    }
+
+    /// The value, once set.
+    pub fn get(&self) -> Option<T> {
+        if self.state.load(Ordering::Acquire) != SET {
+            return None;
+        }
+        // SAFETY: SET is stored only after the single write completed.
+        unsafe { *self.value.get() }
+    }
+}
+
+impl<T: Copy> Default for SetOnce<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_once_sets_once() {
+        let o = SetOnce::new();
+        assert_eq!(o.get(), None);
+        assert!(o.set(3u8));
+        assert!(!o.set(4));
+        assert_eq!(o.get(), Some(3));
+    }
+
     use super::*;
     use std::sync::Arc;
 

@@ -155,8 +155,6 @@ pub fn udelay(us: u64) {
 }
 
 /// Busy-waits `ms` milliseconds.
-// Used by the panic/crash-injection work (issue 4).
-#[allow(dead_code)]
 pub fn mdelay(ms: u64) {
     udelay(ms.saturating_mul(1000));
 }

@@ -33,6 +33,8 @@
 //! | [`VMCOREINFO_PANIC_MSG`] `SYMBOL(panic_msg)` | hex | optional: **physical** address of the NUL-terminated panic message |
 //! | [`VMCOREINFO_PANIC_MSG_LEN`] `NUMBER(panic_msg_len)` | decimal | capacity of that buffer |
 //! | [`VMCOREINFO_PANIC_CPU`] `SYMBOL(panic_cpu)` | hex | optional: **physical** address of a u32 holding the panicking CPU, `u32::MAX` if none |
+//! | [`VMCOREINFO_PSTORE`] `SYMBOL(pstore)` | hex | optional: **physical** address of the kmsg_dump region: `"PSTORE01"`, u32 text length, u32 0, u64 first and u64 one-past-last line sequence number, then the text (oldest first) at offset 32; all zero until a kmsg_dump ran |
+//! | [`VMCOREINFO_PSTORE_LEN`] `NUMBER(pstore_len)` | decimal | size of that region in bytes, header included |
 //! | [`VMCOREINFO_STOP_LOOP_START`] `SYMBOL(stop_loop_start)` | hex | optional: **virtual** start of the code where stopped CPUs halt for good |
 //! | [`VMCOREINFO_STOP_LOOP_END`] `SYMBOL(stop_loop_end)` | hex | its end, **inclusive** (RIP after a final `hlt` may equal it) |
 //!
@@ -601,6 +603,10 @@ pub const VMCOREINFO_PANIC_MSG: &str = "SYMBOL(panic_msg)";
 pub const VMCOREINFO_PANIC_MSG_LEN: &str = "NUMBER(panic_msg_len)";
 /// VMCOREINFO key (optional): physical address of the u32 panicking CPU.
 pub const VMCOREINFO_PANIC_CPU: &str = "SYMBOL(panic_cpu)";
+/// VMCOREINFO key (optional): physical address of the kmsg_dump region.
+pub const VMCOREINFO_PSTORE: &str = "SYMBOL(pstore)";
+/// VMCOREINFO key: size of the kmsg_dump region.
+pub const VMCOREINFO_PSTORE_LEN: &str = "NUMBER(pstore_len)";
 /// VMCOREINFO key (optional): virtual start of the stopped-CPU halt loop.
 pub const VMCOREINFO_STOP_LOOP_START: &str = "SYMBOL(stop_loop_start)";
 /// VMCOREINFO key: virtual end of the stopped-CPU halt loop (inclusive).

@@ -31,7 +31,7 @@ const APIC_BASE_ENABLE: u64 = 1 << 11;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
 /// ICR delivery modes and flags (Intel SDM 11.6.1, Linux `apicdef.h`).
-#[allow(dead_code)] // the NMI and fixed-IPI kinds are for issue 4
+#[allow(dead_code)] // the full set of delivery modes
 pub mod icr {
     /// Fixed delivery of a vector.
     pub const FIXED: u32 = 0x000;
@@ -146,4 +146,14 @@ pub fn send_ipi(dest: u32, command: u32) -> Result<(), ApicError> {
     write(ICR_HIGH, dest << 24);
     write(ICR_LOW, command);
     Ok(())
+}
+
+/// Sends fixed interrupt `vector` to the CPU with xAPIC ID `dest`.
+pub fn send_vector(dest: u32, vector: u8) -> Result<(), ApicError> {
+    send_ipi(dest, icr::FIXED | icr::ASSERT | vector as u32)
+}
+
+/// Sends an NMI to the CPU with xAPIC ID `dest`.
+pub fn send_nmi(dest: u32) -> Result<(), ApicError> {
+    send_ipi(dest, icr::NMI | icr::ASSERT)
 }

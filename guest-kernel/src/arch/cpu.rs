@@ -113,6 +113,12 @@ pub struct Msr(u32);
 
 /// IA32_APIC_BASE.
 pub const IA32_APIC_BASE: Msr = Msr(0x1b);
+/// IA32_FS_BASE.
+pub const IA32_FS_BASE: Msr = Msr(0xc000_0100);
+/// IA32_FEATURE_CONTROL (lock bit 0, VMXON outside SMX bit 2).
+pub const IA32_FEATURE_CONTROL: Msr = Msr(0x3a);
+/// IA32_VMX_BASIC (bits 30:0: the VMCS revision identifier).
+pub const IA32_VMX_BASIC: Msr = Msr(0x480);
 /// IA32_GS_BASE: the per-CPU data pointer.
 pub const IA32_GS_BASE: Msr = Msr(0xc000_0101);
 
@@ -235,4 +241,47 @@ pub struct DescriptorPointer {
 pub unsafe fn lidt(ptr: &DescriptorPointer) {
     // SAFETY: forwarded to the caller.
     unsafe { asm!("lidt [{}]", in(reg) ptr, options(readonly, nostack, preserves_flags)) };
+}
+
+/// CR2: the faulting address of the last page fault.
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Reads CR4.
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// The value must keep paging and the kernel's mode intact.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Enables maskable interrupts.
+pub fn sti() {
+    // SAFETY: every vector has a gate, so enabling interrupts is safe.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// The data segment selectors: (ds, es, fs, gs).
+pub fn data_selectors() -> (u16, u16, u16, u16) {
+    let (ds, es, fs, gs): (u16, u16, u16, u16);
+    // SAFETY: reading segment selectors has no side effects.
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
+             out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+             options(nomem, nostack, preserves_flags))
+    };
+    (ds, es, fs, gs)
 }

@@ -78,7 +78,6 @@ impl PerCpu {
     }
 
     /// The CPU's APIC ID.
-    #[allow(dead_code)] // for the crash path (issue 4)
     pub fn apic_id(&self) -> u32 {
         self.apic_id.load(Ordering::Relaxed)
     }

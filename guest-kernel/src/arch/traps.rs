@@ -11,14 +11,13 @@
 //! honour `unknown_nmi_panic`), else the NMI is logged and ignored.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use guest_kernel::x86::descriptors::{exception_name, FIRST_IRQ_VECTOR, VECTOR_NMI};
 use guest_kernel::x86::layout::{TRAP_STUBS, TRAP_STUB_SIZE};
 pub use guest_kernel::x86::trapframe::TrapFrame;
 
 use super::apic;
-use super::cpu::halt_forever;
 use super::percpu::current_cpu;
 use crate::console;
 
@@ -106,8 +105,6 @@ trap_common:
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// What an NMI handler did with the NMI.
-// Used by the panic/crash-injection work (issue 4).
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NmiAction {
     /// It was this handler's NMI.
@@ -137,8 +134,6 @@ static UNKNOWN_NMI_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Adds `handler` to the NMI chain (Linux: `register_nmi_handler(NMI_LOCAL)`).
 /// Handlers run in registration order. Safe to call while NMIs arrive.
-// Used by the panic/crash-injection work (issue 4).
-#[allow(dead_code)]
 pub fn register_nmi_handler(handler: NmiHandler) -> Result<(), TrapError> {
     for slot in &NMI_HANDLERS {
         if slot
@@ -152,13 +147,26 @@ pub fn register_nmi_handler(handler: NmiHandler) -> Result<(), TrapError> {
 }
 
 /// Sets the hook for NMIs no handler claims (replacing the log message).
-// Used by the panic/crash-injection work (issue 4).
-#[allow(dead_code)]
 pub fn set_unknown_nmi_hook(hook: UnknownNmiHook) {
     UNKNOWN_NMI_HOOK.store(hook as usize, Ordering::Release);
 }
 
+/// Bit n set while CPU n runs its NMI handler (NMIs are blocked then).
+static IN_NMI: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the running CPU is inside its NMI handler.
+pub fn in_nmi(cpu: usize) -> bool {
+    IN_NMI.load(Ordering::Acquire) & (1 << (cpu % 64)) != 0
+}
+
 fn nmi(frame: &mut TrapFrame, cpu: usize) {
+    let bit = 1u64 << (cpu % 64);
+    IN_NMI.fetch_or(bit, Ordering::AcqRel);
+    nmi_handlers(frame, cpu);
+    IN_NMI.fetch_and(!bit, Ordering::AcqRel);
+}
+
+fn nmi_handlers(frame: &mut TrapFrame, cpu: usize) {
     let mut handled = false;
     for slot in &NMI_HANDLERS {
         let raw = slot.load(Ordering::Acquire);
@@ -190,25 +198,47 @@ fn nmi(frame: &mut TrapFrame, cpu: usize) {
     }
 }
 
+/// A kernel-mode exception: print an oops, then `panic("Fatal exception")`
+/// (Linux's `die()` -> `oops_end()`). Everything runs in kernel mode here,
+/// so every exception is fatal.
 fn exception(frame: &TrapFrame, cpu: usize) -> ! {
     let vector = frame.vector as u8;
-    let Some(mut line) = console::line_in_trap(true) else {
-        halt_forever()
-    };
-    line.str("exception ")
-        .str(exception_name(vector))
-        .str(" (vector ")
-        .dec(vector as u64)
-        .str(", error ")
-        .hex(frame.error_code)
-        .str(") at RIP=")
-        .hex(frame.rip)
-        .str(" on CPU ")
-        .dec(cpu as u64)
-        .str("\n");
-    drop(line);
-    // The panic issue turns this into oops -> panic().
-    halt_forever()
+    if let Some(mut line) = console::line_in_trap(true) {
+        line.str("Oops: ")
+            .str(exception_name(vector))
+            .str(" (vector ")
+            .dec(vector as u64)
+            .str(", error ")
+            .hex(frame.error_code)
+            .str(") RIP=")
+            .hex(frame.rip)
+            .str(" RSP=")
+            .hex(frame.rsp)
+            .str(" on CPU ")
+            .dec(cpu as u64)
+            .str("\n");
+    }
+    if vector == 14 {
+        if let Some(mut line) = console::line_in_trap(true) {
+            line.str("BUG: unable to handle page fault for address: ")
+                .hex(super::cpu::read_cr2())
+                .str("\n");
+        }
+    }
+    crate::panic::panic("Fatal exception")
+}
+
+/// A handler for an interrupt vector (32-254). Runs on the IRQ IST stack
+/// with interrupts off, after the EOI (so a handler may never return).
+pub type IrqHandler = fn(&mut TrapFrame, usize);
+
+static IRQ_HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+
+/// Routes `vector` to `handler` (the stop IPI, crash injection).
+pub fn register_irq_handler(vector: u8, handler: IrqHandler) {
+    if let Some(slot) = IRQ_HANDLERS.get(vector as usize) {
+        slot.store(handler as usize, Ordering::Release);
+    }
 }
 
 /// Entered from `trap_common` for every vector.
@@ -221,6 +251,17 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     } else if vector < FIRST_IRQ_VECTOR {
         exception(frame, cpu);
     } else if vector != SPURIOUS_VECTOR {
+        let raw = IRQ_HANDLERS
+            .get(vector as usize)
+            .map_or(0, |h| h.load(Ordering::Acquire));
+        if raw != 0 {
+            apic::eoi();
+            // SAFETY: non-zero slot values are only ever stored from an
+            // `IrqHandler` by `register_irq_handler`.
+            let handler: IrqHandler = unsafe { core::mem::transmute::<usize, IrqHandler>(raw) };
+            handler(frame, cpu);
+            return;
+        }
         // Normal code prints with interrupts on, so this CPU may hold the
         // console: never spin on our own lock here.
         if let Some(mut line) = console::line_in_trap(false) {

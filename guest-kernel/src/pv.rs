@@ -1,0 +1,354 @@
+//! Drivers for this VMM's paravirtual devices (`guest_abi::pv`): pv_vmx,
+//! crash_control, vmcoreinfo and kdump.
+//!
+//! Each is probed once at boot by reading its ID register; an absent device
+//! (QEMU, or a VMM without it) reads all ones and the driver degrades: the
+//! boot log says so in one line (`pv: ...`) and its calls do nothing.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use guest_abi::ports;
+use guest_abi::pv::{crash as crashdev, kdump as kdumpdev, vmcoreinfo as vmcidev, INVALID_READ};
+
+use crate::arch::cpu::Port;
+use crate::console;
+
+fn inl(port: u16, offset: u64) -> u32 {
+    // SAFETY: reads of this VMM's pv registers have no side effects beyond
+    // those the device documents (crash COMMAND is read-and-clear, which
+    // the callers want); an absent port reads all ones.
+    unsafe { Port::<u32>::new(port + offset as u16).read() }
+}
+
+fn outl(port: u16, offset: u64, value: u32) {
+    // SAFETY: writes go to the documented registers of a device the probe
+    // found (callers check presence first).
+    unsafe { Port::<u32>::new(port + offset as u16).write(value) }
+}
+
+fn probe(port: u16, magic: u32) -> bool {
+    let id = inl(port, 0);
+    id == magic && id != INVALID_READ
+}
+
+/// Probes every device and prints one line with what was found.
+pub fn init() {
+    vmx::probe();
+    crash_control::probe();
+    vmcoreinfo::probe();
+    kdump::probe();
+    let yn = |b: bool| if b { "present" } else { "absent" };
+    console::line()
+        .str("pv: pv_vmx ")
+        .str(if vmx::real() {
+            "unused (real VMX)"
+        } else {
+            yn(vmx::present())
+        })
+        .str(", crash_control ")
+        .str(yn(crash_control::present()))
+        .str(", vmcoreinfo ")
+        .str(yn(vmcoreinfo::present()))
+        .str(", kdump ")
+        .str(yn(kdump::present()))
+        .str("\n");
+}
+
+/// The VMX model (or real VMX where the CPU has it).
+pub mod vmx {
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+    use guest_abi::ports::PV_VMX;
+    use guest_abi::pv::vmx::{
+        cmd, field, status, ARG_HI, ARG_LO, COMMAND, FIELD, ID_MAGIC, REVISION, STATUS,
+    };
+    use guest_kernel::MAX_CPUS;
+
+    use super::{inl, outl};
+    use crate::arch::cpu::{cpuid, read_cr4, write_cr4, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
+
+    static PRESENT: AtomicBool = AtomicBool::new(false);
+    static REAL: AtomicBool = AtomicBool::new(false);
+    static REVISION_ID: AtomicU32 = AtomicU32::new(0);
+
+    const OFF: u8 = 0;
+    const ON: u8 = 1;
+    const TORN_DOWN: u8 = 2;
+    const FAILED: u8 = 3;
+    static STATE: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(OFF) }; MAX_CPUS];
+
+    /// Per CPU: a VMXON region and a VMCS region (4 KiB each), in .bss.
+    #[repr(C, align(4096))]
+    struct Regions(UnsafeCell<[[u8; 4096]; 2 * MAX_CPUS]>);
+    // SAFETY: CPU n only touches regions 2n and 2n+1; the VMM reads them.
+    unsafe impl Sync for Regions {}
+    static REGIONS: Regions = Regions(UnsafeCell::new([[0; 4096]; 2 * MAX_CPUS]));
+
+    fn region(i: usize) -> u64 {
+        REGIONS.0.get() as u64 + (i as u64) * 4096
+    }
+
+    const CR4_VMXE: u64 = 1 << 13;
+    const CPUID1_ECX_VMX: u32 = 1 << 5;
+
+    pub(super) fn probe() {
+        if cpuid(1, 0).ecx & CPUID1_ECX_VMX != 0 {
+            REAL.store(true, Ordering::Relaxed);
+            // SAFETY: IA32_VMX_BASIC exists when CPUID advertises VMX.
+            let basic = unsafe { IA32_VMX_BASIC.read() };
+            REVISION_ID.store(basic as u32 & 0x7fff_ffff, Ordering::Relaxed);
+        } else if super::probe(PV_VMX, ID_MAGIC) {
+            PRESENT.store(true, Ordering::Relaxed);
+            REVISION_ID.store(inl(PV_VMX, REVISION), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the pv_vmx device is there (and used).
+    pub fn present() -> bool {
+        PRESENT.load(Ordering::Relaxed)
+    }
+
+    /// Whether the CPU has real VMX (then the device is not used).
+    pub fn real() -> bool {
+        REAL.load(Ordering::Relaxed)
+    }
+
+    fn pv_cmd(command: u32, arg: u64) -> u32 {
+        outl(PV_VMX, ARG_LO, arg as u32);
+        outl(PV_VMX, ARG_HI, (arg >> 32) as u32);
+        outl(PV_VMX, COMMAND, command);
+        inl(PV_VMX, STATUS)
+    }
+
+    fn pv_vmwrite(encoding: u32, value: u64) -> u32 {
+        outl(PV_VMX, FIELD, encoding);
+        pv_cmd(cmd::VMWRITE, value)
+    }
+
+    fn write_revision(pa: u64) {
+        let rev = REVISION_ID.load(Ordering::Relaxed);
+        // SAFETY: `pa` is one of this CPU's own 4 KiB regions (identity
+        // mapped, in .bss); the first 4 bytes hold the revision identifier.
+        unsafe { (pa as *mut u32).write_volatile(rev) };
+    }
+
+    /// VMXON and a loaded VMCS with a few fields on `cpu` (the running
+    /// CPU). Returns whether VMX is now on.
+    pub fn init_cpu(cpu: usize, stack_top: u64) -> bool {
+        if cpu >= MAX_CPUS || !(present() || real()) {
+            return false;
+        }
+        let (vmxon, vmcs) = (region(2 * cpu), region(2 * cpu + 1));
+        write_revision(vmxon);
+        write_revision(vmcs);
+        let ok = if real() {
+            // SAFETY: CPUID says VMX exists; see `real_enable`.
+            unsafe { real_enable(vmxon, vmcs, stack_top) }
+        } else {
+            pv_cmd(cmd::VMXON, vmxon) == status::SUCCEED
+                && pv_cmd(cmd::VMPTRLD, vmcs) == status::SUCCEED
+                && [
+                    (field::VMCS_LINK_POINTER, u64::MAX),
+                    (field::GUEST_RIP, init_cpu as *const () as u64),
+                    (field::GUEST_RSP, stack_top),
+                    (field::HOST_RSP, stack_top),
+                    (field::HOST_RIP, emergency_disable as *const () as u64),
+                ]
+                .iter()
+                .all(|&(f, v)| pv_vmwrite(f, v) == status::SUCCEED)
+        };
+        if let Some(s) = STATE.get(cpu) {
+            s.store(if ok { ON } else { FAILED }, Ordering::Release);
+        }
+        ok
+    }
+
+    /// Real VMX: IA32_FEATURE_CONTROL, CR4.VMXE, VMXON, VMPTRLD, VMWRITEs.
+    /// UNTESTED: this host has no VMX (DESIGN.md section 2); it follows the
+    /// SDM (vol. 3C 24.7 / 31.5) and Linux's `kvm_cpu_vmxon`.
+    ///
+    /// # Safety
+    /// CPUID.1:ECX.VMX must be set; the regions must be this CPU's.
+    unsafe fn real_enable(vmxon: u64, vmcs: u64, stack_top: u64) -> bool {
+        const LOCKED: u64 = 1;
+        const VMXON_OUTSIDE_SMX: u64 = 1 << 2;
+        // SAFETY: the MSR exists when VMX does; we only set it if unlocked.
+        unsafe {
+            let fc = IA32_FEATURE_CONTROL.read();
+            if fc & LOCKED == 0 {
+                IA32_FEATURE_CONTROL.write(fc | LOCKED | VMXON_OUTSIDE_SMX);
+            } else if fc & VMXON_OUTSIDE_SMX == 0 {
+                return false;
+            }
+            write_cr4(read_cr4() | CR4_VMXE);
+        }
+        let mut fail: u8;
+        // SAFETY: VMXON/VMPTRLD take a memory operand holding the region's
+        // physical address; CF or ZF set means failure.
+        unsafe {
+            core::arch::asm!("vmxon [{0}]", "setbe {1}", in(reg) &vmxon, out(reg_byte) fail);
+            if fail != 0 {
+                return false;
+            }
+            core::arch::asm!("vmptrld [{0}]", "setbe {1}", in(reg) &vmcs, out(reg_byte) fail);
+            if fail != 0 {
+                return false;
+            }
+            for (f, v) in [
+                (field::GUEST_RSP as u64, stack_top),
+                (field::VMCS_LINK_POINTER as u64, u64::MAX),
+            ] {
+                core::arch::asm!("vmwrite {0}, {1}", in(reg) f, in(reg) v);
+            }
+        }
+        true
+    }
+
+    /// `cpu_emergency_disable_virtualization`: VMCLEAR the loaded VMCS
+    /// (its contents reach memory), then VMXOFF. Safe from NMI context;
+    /// prints nothing.
+    pub fn emergency_disable(cpu: usize) {
+        let Some(s) = STATE.get(cpu) else { return };
+        if s.load(Ordering::Acquire) != ON {
+            return;
+        }
+        let vmcs = region(2 * cpu + 1);
+        if real() {
+            // SAFETY: this CPU is in VMX operation with `vmcs` loaded.
+            unsafe {
+                core::arch::asm!("vmclear [{0}]", "vmxoff", in(reg) &vmcs);
+                write_cr4(read_cr4() & !CR4_VMXE);
+            }
+        } else {
+            pv_cmd(cmd::VMCLEAR, vmcs);
+            pv_cmd(cmd::VMXOFF, 0);
+        }
+        s.store(TORN_DOWN, Ordering::Release);
+    }
+
+    /// `cpu`'s VMX state for log lines.
+    pub fn state_name(cpu: usize) -> &'static str {
+        match STATE.get(cpu).map(|s| s.load(Ordering::Acquire)) {
+            Some(ON) => "on (VMCS loaded)",
+            Some(TORN_DOWN) => "cleared and off",
+            Some(FAILED) => "failed",
+            _ => "off",
+        }
+    }
+
+    /// CPUs with VMX on or torn down (for the boot summary).
+    pub fn count_on() -> usize {
+        STATE
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) == ON)
+            .count()
+    }
+}
+
+/// Crash injection commands (`guest_abi::pv::crash`).
+pub mod crash_control {
+    use super::*;
+
+    static PRESENT: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn probe() {
+        PRESENT.store(
+            super::probe(ports::CRASH_CONTROL, crashdev::ID_MAGIC),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the device is there.
+    pub fn present() -> bool {
+        PRESENT.load(Ordering::Relaxed)
+    }
+
+    /// This CPU's pending command (read clears), 0 if none or no device.
+    pub fn take_command() -> u32 {
+        if !present() {
+            return crashdev::NONE;
+        }
+        inl(ports::CRASH_CONTROL, crashdev::COMMAND)
+    }
+
+    /// Reports progress (`crashdev::ack`).
+    pub fn ack(step: u32) {
+        if present() {
+            outl(ports::CRASH_CONTROL, crashdev::ACK, step);
+        }
+    }
+}
+
+/// VMCOREINFO registration.
+pub mod vmcoreinfo {
+    use super::*;
+
+    static PRESENT: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn probe() {
+        PRESENT.store(
+            super::probe(ports::VMCOREINFO, vmcidev::ID_MAGIC),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the device is there.
+    pub fn present() -> bool {
+        PRESENT.load(Ordering::Relaxed)
+    }
+
+    /// Registers the note at `paddr` (`size` bytes); returns the device
+    /// status, or `None` without a device.
+    pub fn register(paddr: u64, size: u32) -> Option<u32> {
+        if !present() {
+            return None;
+        }
+        outl(ports::VMCOREINFO, vmcidev::PADDR_LO, paddr as u32);
+        outl(ports::VMCOREINFO, vmcidev::PADDR_HI, (paddr >> 32) as u32);
+        outl(ports::VMCOREINFO, vmcidev::SIZE, size);
+        outl(ports::VMCOREINFO, vmcidev::FORMAT, vmcidev::FORMAT_ELF);
+        Some(inl(ports::VMCOREINFO, vmcidev::STATUS))
+    }
+}
+
+/// The kexec handover report.
+pub mod kdump {
+    use super::*;
+
+    static PRESENT: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn probe() {
+        PRESENT.store(
+            super::probe(ports::KDUMP, kdumpdev::ID_MAGIC),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the device is there.
+    pub fn present() -> bool {
+        PRESENT.load(Ordering::Relaxed)
+    }
+
+    /// Sends `KEXEC_HANDOVER` (entry, elfcorehdr) and logs the outcome.
+    pub fn kexec_handover(entry: u64, elfcorehdr: u64) {
+        if !present() {
+            console::line().str("kdump: no kdump device; handover not reported\n");
+            return;
+        }
+        outl(ports::KDUMP, kdumpdev::ARG0_LO, entry as u32);
+        outl(ports::KDUMP, kdumpdev::ARG0_HI, (entry >> 32) as u32);
+        outl(ports::KDUMP, kdumpdev::ARG1_LO, elfcorehdr as u32);
+        outl(ports::KDUMP, kdumpdev::ARG1_HI, (elfcorehdr >> 32) as u32);
+        outl(ports::KDUMP, kdumpdev::CMD, kdumpdev::cmd::KEXEC_HANDOVER);
+        let status = inl(ports::KDUMP, kdumpdev::STATUS);
+        console::line()
+            .str("kdump: KEXEC_HANDOVER entry=")
+            .hex(entry)
+            .str(" elfcorehdr=")
+            .hex(elfcorehdr)
+            .str(" status ")
+            .dec(status as u64)
+            .str("\n");
+    }
+}
