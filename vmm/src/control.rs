@@ -15,7 +15,9 @@ use devices::{EventSink, VmEvent};
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::pvpanic_log::PvpanicLog;
 use crate::vcpu::VcpuFault;
+use guest_abi::elfnote::PvpanicLogEntry;
 
 /// How long a control request waits for the main loop to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,8 +41,11 @@ pub enum ControlError {
 pub enum RunState {
     /// vCPUs are running guest code.
     Running,
-    /// vCPUs are parked (by [`VmmHandle::pause`]).
+    /// vCPUs are parked (by [`VmmHandle::pause`] or QMP `stop`).
     Paused,
+    /// vCPUs are parked by the `pause` panic action; only a reset runs
+    /// the guest again.
+    GuestPanicked,
 }
 
 /// One vCPU, as `query-cpus-fast` reports it.
@@ -79,6 +84,12 @@ pub enum Notification {
         /// Whether the guest asked for it.
         guest: bool,
     },
+    /// The guest reported a panic (pvpanic PANICKED); `action` is being
+    /// applied.
+    GuestPanicked {
+        /// The panic action in force.
+        action: qmp::PanicAction,
+    },
     /// `Vmm::run` is about to return with this reason.
     Shutdown(crate::ExitReason),
 }
@@ -105,6 +116,12 @@ pub(crate) enum Message {
     InjectNmi(Sender<Result<(), ControlError>>),
     PowerButton(Sender<Result<bool, ControlError>>),
     Status(Sender<Result<VmStatus, ControlError>>),
+    SetPanicAction(qmp::PanicAction, Sender<Result<(), ControlError>>),
+    InjectCrash(String, Option<u32>, Sender<Result<(), ControlError>>),
+    VmxStates(Sender<Result<Vec<devices::pv_vmx::VmxVcpuState>, ControlError>>),
+    Vmcoreinfo(Sender<Result<Option<(u64, u32)>, ControlError>>),
+    /// A QMP command, to run on the main loop.
+    Qmp(qmp::PendingRequest),
 }
 
 /// The queue between every other thread and the main loop.
@@ -114,6 +131,7 @@ pub(crate) struct Mailbox {
     pub(crate) wake: EventFd,
     closed: AtomicBool,
     observers: Mutex<Vec<Sender<Notification>>>,
+    pub(crate) pvpanic_log: PvpanicLog,
 }
 
 impl Mailbox {
@@ -123,6 +141,7 @@ impl Mailbox {
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             closed: AtomicBool::new(false),
             observers: Mutex::new(Vec::new()),
+            pvpanic_log: PvpanicLog::new(),
         })
     }
 
@@ -223,6 +242,51 @@ impl VmmHandle {
     /// The run state and the vCPUs.
     pub fn status(&self) -> Result<VmStatus, ControlError> {
         self.request(Message::Status)
+    }
+
+    /// Sets what a guest panic (pvpanic PANICKED) does from now on, as QMP
+    /// `set-action` does. The coredump actions are refused until the
+    /// vmcore writer is wired (`crate::vmcore_hooks`).
+    pub fn set_panic_action(&self, action: qmp::PanicAction) -> Result<(), ControlError> {
+        self.request(|tx| Message::SetPanicAction(action, tx))
+    }
+
+    /// Every pvpanic event the guest reported, oldest first (at most
+    /// [`crate::pvpanic_log::PVPANIC_LOG_CAPACITY`]; the rest are counted by
+    /// [`VmmHandle::pvpanic_log_dropped`]). Also valid after `run` returned.
+    /// `timestamp_ns` counts from `Vmm::new`.
+    pub fn pvpanic_log(&self) -> Vec<PvpanicLogEntry> {
+        self.mailbox.pvpanic_log.entries()
+    }
+
+    /// pvpanic events not kept because the log was full.
+    pub fn pvpanic_log_dropped(&self) -> u32 {
+        self.mailbox.pvpanic_log.dropped()
+    }
+
+    /// Every vCPU's VMX state as the pv_vmx model holds it (for the
+    /// VMMVMXSTATE vmcore note).
+    pub fn vmx_states(&self) -> Result<Vec<devices::pv_vmx::VmxVcpuState>, ControlError> {
+        self.request(Message::VmxStates)
+    }
+
+    /// The guest's registered VMCOREINFO note: `(GPA, size)`.
+    pub fn vmcoreinfo(&self) -> Result<Option<(u64, u32)>, ControlError> {
+        self.request(Message::Vmcoreinfo)
+    }
+
+    /// Tells `cpu` (default 0; every CPU for PANIC_ALL, which takes no
+    /// cpu) to crash as `crash_type` (a [`VmmHandle::crash_types`] name, any
+    /// case) says, through the crash-control device. Errors name the valid
+    /// types or CPUs.
+    pub fn inject_crash(&self, crash_type: &str, cpu: Option<u32>) -> Result<(), ControlError> {
+        let name = crash_type.to_owned();
+        self.request(|tx| Message::InjectCrash(name, cpu, tx))
+    }
+
+    /// The crash types [`VmmHandle::inject_crash`] takes.
+    pub fn crash_types(&self) -> &'static [devices::crash_control::CrashTypeInfo] {
+        devices::crash_control::crash_types()
     }
 
     /// Receives every [`Notification`] from now on.

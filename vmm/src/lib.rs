@@ -19,13 +19,17 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod cpuid;
+pub mod ctl;
 pub mod device_manager;
 pub mod event_loop;
+pub mod pvpanic_log;
+pub mod qmp_backend;
 pub mod runtime;
 pub mod vcpu;
 pub mod vm;
+pub mod vmcore_hooks;
 
-pub use config::{parse_size, Kernel, OnReboot, SerialOutput, VmConfig};
+pub use config::{parse_size, Kernel, OnReboot, SerialOutput, VmConfig, DEFAULT_PANIC_ACTION};
 pub use control::{ControlError, Notification, RunState, VcpuInfo, VmStatus, VmmHandle};
 pub use event_loop::block_exit_signals;
 pub use runtime::{exit_code, Error, ExitReason, Vmm};
