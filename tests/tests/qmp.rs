@@ -199,8 +199,14 @@ fn x_inject_crash_panics_the_chosen_cpu() {
     let panicked = next_event(&mut c, "GUEST_PANICKED");
     assert_eq!(panicked.data, Some(json!({"action": "pause"})));
     vm.wait_for_vmm("vmm: pvpanic: PANICKED from vcpu 1 at ");
-    c.execute("quit", None).unwrap();
-    assert_eq!(vm.wait_exit(DEFAULT_TIMEOUT), 0);
+    let quit = c.execute("quit", None);
+    let code = vm.wait_exit(DEFAULT_TIMEOUT);
+    assert!(
+        quit.is_ok(),
+        "quit: {quit:?}; vmm exit {code}; output:\n{}",
+        vm.transcript()
+    );
+    assert_eq!(code, 0);
 }
 
 fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
@@ -272,8 +278,12 @@ fn vmm_ctl_runs_commands_and_prints_events() {
         }
     };
     let first: Value = serde_json::from_str(&first).expect("JSON");
+    // STOP or RESUME, or VMCOREINFO if the guest registers it just now.
     assert!(
-        matches!(first["event"].as_str(), Some("STOP" | "RESUME")),
+        matches!(
+            first["event"].as_str(),
+            Some("STOP" | "RESUME" | "VMCOREINFO")
+        ),
         "{first}"
     );
     assert!(first["timestamp"]["seconds"].is_u64(), "{first}");
@@ -504,4 +514,33 @@ fn hundreds_of_bad_messages_are_each_answered() {
     let mut c = connect(&socket);
     c.execute("quit", None).unwrap();
     assert_eq!(vm.wait_exit(DEFAULT_TIMEOUT), 0);
+}
+
+#[test]
+fn a_live_socket_is_refused_and_a_dead_one_replaced() {
+    let (mut first, socket) = start("stale", "1", "");
+    let sock = socket.to_str().expect("utf-8");
+    let mut second = VmmProcess::spawn(&["run", "--serial", "null", "--api-socket", sock]);
+    assert_eq!(second.wait_exit(DEFAULT_TIMEOUT), 2);
+    assert!(
+        second.transcript().contains("cannot serve QMP"),
+        "{}",
+        second.transcript()
+    );
+    let mut c = connect(&socket);
+    assert_eq!(
+        c.execute("query-status", None).unwrap()["status"],
+        "running"
+    );
+    c.execute("quit", None).unwrap();
+    assert_eq!(first.wait_exit(DEFAULT_TIMEOUT), 0);
+
+    // A socket file nobody listens on any more is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    assert!(socket.exists());
+    let mut third = VmmProcess::spawn(&["run", "--serial", "stdio", "--api-socket", sock]);
+    third.wait_for_guest(&summary(1));
+    let mut c = connect(&socket);
+    c.execute("quit", None).unwrap();
+    assert_eq!(third.wait_exit(DEFAULT_TIMEOUT), 0);
 }
