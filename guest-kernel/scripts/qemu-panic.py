@@ -50,7 +50,7 @@ async def main(append, smp=4, tag="run", timeout=60):
     sock = f"{WORK}/{tag}.sock"; log = f"{WORK}/{tag}.log"; dump = f"{WORK}/{tag}.elf"
     for p in (sock, log, dump):
         if os.path.exists(p): os.unlink(p)
-    q = subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-kernel", KERNEL, "-smp", str(smp), "-m", "256M",
+    q = subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg,thread=single", "-kernel", KERNEL, "-smp", str(smp), "-m", "256M",
         "-display", "none", "-serial", f"file:{log}", "-no-reboot", "-net", "none", "-device", "pvpanic",
         "-action", "panic=none", "-qmp", f"unix:{sock},server,nowait", "-append", append],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

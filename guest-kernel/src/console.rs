@@ -404,13 +404,9 @@ pub fn dropped() -> u64 {
     KMSG_DROPPED.load(Ordering::Relaxed)
 }
 
-/// The console lock, for crash injection (CONSOLE_LOCKED): held forever by
-/// the caller.
-pub fn hold_console_lock_forever() -> ! {
+/// Takes the console lock and never releases it (crash injection:
+/// CONSOLE_LOCKED). Only the panic path's final flush breaks it.
+pub fn take_console_lock_forever() {
     let cpu = current_cpu() as u32;
-    let guard = CONSOLE.lock_as(cpu);
-    core::mem::forget(guard);
-    loop {
-        core::hint::spin_loop();
-    }
+    core::mem::forget(CONSOLE.lock_as(cpu));
 }

@@ -18,6 +18,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use guest_abi::elfnote::{CrashNote, CRASH_NOTE_BYTES};
 use guest_kernel::crashnote::{prstatus_from_frame, SegmentState};
+use guest_kernel::elfcorehdr::{build, ram_minus, Phdr, PT_LOAD, PT_NOTE};
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
 
@@ -392,6 +393,64 @@ pub fn set_crashkernel(start: u64, end: u64) {
     CRASHK_END.store(end, Ordering::Release);
 }
 
+/// Room for the elfcorehdr at the end of the crashkernel region.
+const ELFCOREHDR_MAX: u64 = 16 * 1024;
+/// Where the elfcorehdr was built (0: none).
+static ELFCOREHDR: AtomicU64 = AtomicU64::new(0);
+
+/// Prepares the elfcorehdr in the last 16 KiB of the crashkernel region,
+/// as `kexec -p` does when it loads the crash kernel: a PT_NOTE per CPU's
+/// crash note, one for VMCOREINFO, and PT_LOADs for RAM minus the region.
+pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u64, u64)) {
+    let (start, end) = (
+        CRASHK_START.load(Ordering::Relaxed),
+        CRASHK_END.load(Ordering::Acquire),
+    );
+    if end == 0 || end - start < ELFCOREHDR_MAX {
+        return;
+    }
+    let at = end - ELFCOREHDR_MAX;
+    let (notes, stride) = crash_notes();
+    let cpus = smp::expected_cpus() as u64;
+    let cpu_notes = (0..cpus).map(move |c| Phdr {
+        p_type: PT_NOTE,
+        addr: notes + c * stride as u64,
+        size: CRASH_NOTE_BYTES as u64,
+    });
+    let info = core::iter::once(Phdr {
+        p_type: PT_NOTE,
+        addr: vmcoreinfo.0,
+        size: vmcoreinfo.1,
+    });
+    let loads = ram
+        .iter()
+        .filter(|e| e.type_ == guest_abi::pvh::MEMMAP_TYPE_RAM)
+        .flat_map(move |e| ram_minus((e.addr, e.addr.saturating_add(e.size)), (start, end)))
+        .flatten()
+        .map(|(s, e)| Phdr {
+            p_type: PT_LOAD,
+            addr: s,
+            size: e - s,
+        });
+    // SAFETY: the region is reserved RAM below 4 GiB (identity-mapped) that
+    // nothing else uses; only the boot CPU writes it, once.
+    let buf = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, ELFCOREHDR_MAX as usize) };
+    match build(buf, cpu_notes.chain(info).chain(loads)) {
+        Ok(size) => {
+            ELFCOREHDR.store(at, Ordering::Release);
+            console::line()
+                .str("kexec: elfcorehdr at ")
+                .hex(at)
+                .str(" (")
+                .dec(size as u64)
+                .str(" bytes)\n");
+        }
+        Err(_) => console::line()
+            .str("kexec: elfcorehdr does not fit; none prepared\n")
+            .done(),
+    }
+}
+
 /// Whether a crash kernel is loaded (`kexec_crash_image != NULL`).
 pub fn crash_kernel_loaded() -> bool {
     CRASHK_END.load(Ordering::Acquire) != 0
@@ -414,9 +473,10 @@ pub fn crash_kexec() {
         return;
     }
     machine_crash_shutdown();
+    // The capture kernel would be loaded at the start of the region (there
+    // is none yet); the elfcorehdr was prepared at boot.
     let entry = CRASHK_START.load(Ordering::Relaxed);
-    // No elfcorehdr is built yet (the kdump work adds it): 0.
-    pv::kdump::kexec_handover(entry, 0);
+    pv::kdump::kexec_handover(entry, ELFCOREHDR.load(Ordering::Acquire));
     console::line()
         .str("kexec: handover to capture kernel requested (capture kernel not implemented yet)\n");
     console::panic_flush();

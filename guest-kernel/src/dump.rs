@@ -51,6 +51,14 @@ extern "C" {
     static __text_end: u8;
 }
 
+/// Address and size of the VMCOREINFO note (size 0 before it is built).
+pub fn vmcoreinfo_note() -> (u64, u64) {
+    (
+        VMCOREINFO_NOTE.0.get() as u64,
+        VMCOREINFO_SIZE.load(Ordering::Relaxed),
+    )
+}
+
 /// Builds the VMCOREINFO note and registers it with the VMM (boot CPU,
 /// after SMP bring-up so `nr_cpus` is known).
 pub fn init_vmcoreinfo() {

@@ -122,10 +122,10 @@ pub fn crash(code: u32, from_nmi: bool) {
         }
         CrashType::HardLockup => {
             cli();
+            crash_control::ack(ack::HELPER_READY);
             if !ask_other_cpu_to_panic(cpu) {
                 panic::panic("lkdtm: HARDLOCKUP with no other CPU");
             }
-            crash_control::ack(ack::HELPER_READY);
             loop {
                 core::hint::spin_loop();
             }
@@ -168,17 +168,20 @@ pub fn crash(code: u32, from_nmi: bool) {
             })
         }
         CrashType::ConsoleLocked => {
+            console::take_console_lock_forever();
+            crash_control::ack(ack::HELPER_READY);
             if !ask_other_cpu_to_panic(cpu) {
                 panic::panic("lkdtm: CONSOLE_LOCKED with no other CPU");
             }
-            crash_control::ack(ack::HELPER_READY);
             // Interrupts on, as a CPU printing with the lock held would be:
             // the stop IPI (which never returns) can reach it. This runs on
             // the IRQ stack when the command came by interrupt; the stop
             // IPI's frame then overwrites it, harmless since nothing
             // returns here.
             sti();
-            console::hold_console_lock_forever()
+            loop {
+                core::hint::spin_loop();
+            }
         }
     }
 }

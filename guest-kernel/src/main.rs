@@ -205,6 +205,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
         .str("\n");
     vmx_summary(&config.panic, online);
     dump::init_vmcoreinfo();
+    crash::prepare_elfcorehdr(boot.memmap(), dump::vmcoreinfo_note());
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }

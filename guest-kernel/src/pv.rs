@@ -8,7 +8,8 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use guest_abi::ports;
-use guest_abi::pv::{crash as crashdev, kdump as kdumpdev, vmcoreinfo as vmcidev, INVALID_READ};
+use guest_abi::pv::{crash as crashdev, kdump as kdumpdev, vmcoreinfo as vmcidev};
+use guest_kernel::pvdev::{self, PvRegs};
 
 use crate::arch::cpu::Port;
 use crate::console;
@@ -26,9 +27,20 @@ fn outl(port: u16, offset: u64, value: u32) {
     unsafe { Port::<u32>::new(port + offset as u16).write(value) }
 }
 
+/// A pv device's register block at an I/O port base.
+pub struct Ports(pub u16);
+
+impl PvRegs for Ports {
+    fn read(&mut self, offset: u64) -> u32 {
+        inl(self.0, offset)
+    }
+    fn write(&mut self, offset: u64, value: u32) {
+        outl(self.0, offset, value)
+    }
+}
+
 fn probe(port: u16, magic: u32) -> bool {
-    let id = inl(port, 0);
-    id == magic && id != INVALID_READ
+    pvdev::probe(&mut Ports(port), magic)
 }
 
 /// Probes every device and prints one line with what was found.
@@ -60,12 +72,11 @@ pub mod vmx {
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
     use guest_abi::ports::PV_VMX;
-    use guest_abi::pv::vmx::{
-        cmd, field, status, ARG_HI, ARG_LO, COMMAND, FIELD, ID_MAGIC, REVISION, STATUS,
-    };
+    use guest_abi::pv::vmx::{field, ID_MAGIC, REVISION};
+    use guest_kernel::pvvmx;
     use guest_kernel::MAX_CPUS;
 
-    use super::{inl, outl};
+    use super::{inl, Ports};
     use crate::arch::cpu::{cpuid, read_cr4, write_cr4, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 
     static PRESENT: AtomicBool = AtomicBool::new(false);
@@ -114,18 +125,6 @@ pub mod vmx {
         REAL.load(Ordering::Relaxed)
     }
 
-    fn pv_cmd(command: u32, arg: u64) -> u32 {
-        outl(PV_VMX, ARG_LO, arg as u32);
-        outl(PV_VMX, ARG_HI, (arg >> 32) as u32);
-        outl(PV_VMX, COMMAND, command);
-        inl(PV_VMX, STATUS)
-    }
-
-    fn pv_vmwrite(encoding: u32, value: u64) -> u32 {
-        outl(PV_VMX, FIELD, encoding);
-        pv_cmd(cmd::VMWRITE, value)
-    }
-
     fn write_revision(pa: u64) {
         let rev = REVISION_ID.load(Ordering::Relaxed);
         // SAFETY: `pa` is one of this CPU's own 4 KiB regions (identity
@@ -146,17 +145,14 @@ pub mod vmx {
             // SAFETY: CPUID says VMX exists; see `real_enable`.
             unsafe { real_enable(vmxon, vmcs, stack_top) }
         } else {
-            pv_cmd(cmd::VMXON, vmxon) == status::SUCCEED
-                && pv_cmd(cmd::VMPTRLD, vmcs) == status::SUCCEED
-                && [
-                    (field::VMCS_LINK_POINTER, u64::MAX),
-                    (field::GUEST_RIP, init_cpu as *const () as u64),
-                    (field::GUEST_RSP, stack_top),
-                    (field::HOST_RSP, stack_top),
-                    (field::HOST_RIP, emergency_disable as *const () as u64),
-                ]
-                .iter()
-                .all(|&(f, v)| pv_vmwrite(f, v) == status::SUCCEED)
+            let fields = [
+                (field::VMCS_LINK_POINTER, u64::MAX),
+                (field::GUEST_RIP, init_cpu as *const () as u64),
+                (field::GUEST_RSP, stack_top),
+                (field::HOST_RSP, stack_top),
+                (field::HOST_RIP, emergency_disable as *const () as u64),
+            ];
+            pvvmx::enable(&mut Ports(PV_VMX), vmxon, vmcs, &fields).is_ok()
         };
         if let Some(s) = STATE.get(cpu) {
             s.store(if ok { ON } else { FAILED }, Ordering::Release);
@@ -221,8 +217,7 @@ pub mod vmx {
                 write_cr4(read_cr4() & !CR4_VMXE);
             }
         } else {
-            pv_cmd(cmd::VMCLEAR, vmcs);
-            pv_cmd(cmd::VMXOFF, 0);
+            pvvmx::teardown(&mut Ports(PV_VMX), vmcs);
         }
         s.store(TORN_DOWN, Ordering::Release);
     }
@@ -269,13 +264,13 @@ pub mod crash_control {
         if !present() {
             return crashdev::NONE;
         }
-        inl(ports::CRASH_CONTROL, crashdev::COMMAND)
+        pvdev::crash_take_command(&mut Ports(ports::CRASH_CONTROL))
     }
 
     /// Reports progress (`crashdev::ack`).
     pub fn ack(step: u32) {
         if present() {
-            outl(ports::CRASH_CONTROL, crashdev::ACK, step);
+            pvdev::crash_ack(&mut Ports(ports::CRASH_CONTROL), step);
         }
     }
 }
@@ -304,11 +299,11 @@ pub mod vmcoreinfo {
         if !present() {
             return None;
         }
-        outl(ports::VMCOREINFO, vmcidev::PADDR_LO, paddr as u32);
-        outl(ports::VMCOREINFO, vmcidev::PADDR_HI, (paddr >> 32) as u32);
-        outl(ports::VMCOREINFO, vmcidev::SIZE, size);
-        outl(ports::VMCOREINFO, vmcidev::FORMAT, vmcidev::FORMAT_ELF);
-        Some(inl(ports::VMCOREINFO, vmcidev::STATUS))
+        Some(pvdev::vmcoreinfo_register(
+            &mut Ports(ports::VMCOREINFO),
+            paddr,
+            size,
+        ))
     }
 }
 
@@ -336,12 +331,7 @@ pub mod kdump {
             console::line().str("kdump: no kdump device; handover not reported\n");
             return;
         }
-        outl(ports::KDUMP, kdumpdev::ARG0_LO, entry as u32);
-        outl(ports::KDUMP, kdumpdev::ARG0_HI, (entry >> 32) as u32);
-        outl(ports::KDUMP, kdumpdev::ARG1_LO, elfcorehdr as u32);
-        outl(ports::KDUMP, kdumpdev::ARG1_HI, (elfcorehdr >> 32) as u32);
-        outl(ports::KDUMP, kdumpdev::CMD, kdumpdev::cmd::KEXEC_HANDOVER);
-        let status = inl(ports::KDUMP, kdumpdev::STATUS);
+        let status = pvdev::kdump_handover(&mut Ports(ports::KDUMP), entry, elfcorehdr);
         console::line()
             .str("kdump: KEXEC_HANDOVER entry=")
             .hex(entry)
