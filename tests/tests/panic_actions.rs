@@ -20,12 +20,17 @@ struct Vm {
 }
 
 fn boot(name: &str, on_panic: &str, cmdline: &str) -> Vm {
+    boot_cpus(name, 2, on_panic, cmdline)
+}
+
+fn boot_cpus(name: &str, cpus: u32, on_panic: &str, cmdline: &str) -> Vm {
+    let cpu_arg = cpus.to_string();
     let socket = socket_path(name);
     let sock = socket.to_str().expect("utf-8 path");
     let mut process = VmmProcess::spawn(&[
         "run",
         "--cpus",
-        "2",
+        &cpu_arg,
         "--serial",
         "stdio",
         "--on-panic",
@@ -35,7 +40,7 @@ fn boot(name: &str, on_panic: &str, cmdline: &str) -> Vm {
         "--cmdline",
         cmdline,
     ]);
-    process.wait_for_guest(&summary(2));
+    process.wait_for_guest(&summary(cpus));
     let client =
         QmpClient::connect_with_timeout(&socket, Some(DEFAULT_TIMEOUT)).expect("QMP connect");
     Vm {
@@ -215,11 +220,15 @@ fn crash_loaded_never_stops_the_guest() {
     // With a crash kernel loaded and the notifiers before kdump, the guest
     // reports CRASH_LOADED, then goes on to crash_kexec (under a `pause`
     // panic action, which CRASH_LOADED must not trigger).
-    let mut vm = boot(
+    let mut vm = boot_cpus(
         "crash-loaded",
+        2,
         "pause",
         "unknown_nmi_panic crashkernel=16M crash_kexec_post_notifiers",
     );
+    // The guest prepares its elfcorehdr after the summary line; a panic
+    // before that never reaches the handover.
+    vm.process.wait_for_guest("kexec: elfcorehdr at");
     vm.execute("inject-nmi", None);
     let loaded = vm.event("GUEST_CRASHLOADED");
     assert_eq!(loaded.data, Some(json!({"action": "run"})));
@@ -227,6 +236,20 @@ fn crash_loaded_never_stops_the_guest() {
         .wait_for_vmm("vmm: pvpanic: CRASH_LOADED from vcpu ");
     vm.process.wait_for_guest("panic: notifier pvpanic");
     vm.process.wait_for_guest("panic: step crash_kexec");
+    // The kdump device accepted the handover: logged and reported.
+    let handover = vm.event("KEXEC_HANDOVER").data.expect("data");
+    assert_eq!(
+        handover["cpu"],
+        loaded_cpu(&vm.process.transcript()),
+        "{handover}"
+    );
+    assert!(
+        handover["entry"].as_u64().is_some_and(|e| e != 0)
+            && handover["elfcorehdr"].as_u64().is_some_and(|e| e != 0),
+        "{handover}"
+    );
+    vm.process
+        .wait_for_vmm("vmm: kdump: KEXEC_HANDOVER from vcpu ");
     assert_eq!(vm.status()["status"], "running");
     assert!(
         !vm.process.transcript().contains("GUEST_PANICKED")
@@ -235,6 +258,21 @@ fn crash_loaded_never_stops_the_guest() {
         vm.process.transcript()
     );
     assert_eq!(vm.quit(), 0);
+}
+
+/// The vCPU that reported CRASH_LOADED, from the VMM's stderr line.
+fn loaded_cpu(transcript: &str) -> Value {
+    let line = transcript
+        .lines()
+        .find(|l| l.contains("vmm: pvpanic: CRASH_LOADED from vcpu "))
+        .expect("CRASH_LOADED line");
+    let cpu: u64 = line
+        .split("from vcpu ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("vcpu number");
+    json!(cpu)
 }
 
 #[test]
