@@ -131,6 +131,10 @@ impl LiveWriters {
 struct Shared {
     clients: Arc<ClientRegistry>,
     writers: LiveWriters,
+    /// Messages being handled (a command waiting for the VMM's reply, or
+    /// its reply not queued yet): stopping waits for them, so that the
+    /// reply to `quit` is queued before the connection's Close.
+    calls: LiveWriters,
     version: VersionInfo,
 }
 
@@ -160,6 +164,7 @@ impl QmpServer {
         let shared = Arc::new(Shared {
             clients: Arc::default(),
             writers: LiveWriters::default(),
+            calls: LiveWriters::default(),
             version: config.version,
         });
         let accept_thread = {
@@ -209,6 +214,12 @@ impl QmpServer {
         }
         if accept.join().is_err() {
             log::error!("qmp: the accept thread panicked");
+        }
+        // Replies the VMM has sent must be queued before each Close. The
+        // VMM drops its request receiver (or answers) first, so no call
+        // stays in flight for long; the timeout bounds it otherwise.
+        if !self.shared.calls.wait_idle(Instant::now() + FLUSH_TIMEOUT) {
+            log::warn!("qmp: commands still in flight at shutdown");
         }
         for client in self.shared.clients.lock().iter() {
             client.push(Outgoing::Close);
@@ -329,10 +340,10 @@ fn start_client(
     }
     let sender = sender.try_clone()?;
     let version = shared.version.clone();
-    let clients = shared.clients.clone();
+    let reader_shared = shared.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("qmp-read-{id}"))
-        .spawn(move || read_loop(stream, &reader_handle, &clients, &sender, version));
+        .spawn(move || read_loop(stream, &reader_handle, &reader_shared, &sender, version));
     if let Err(e) = spawned {
         // The writer is running: stop it through the registry's handle.
         if let Some(client) = shared.clients.lock().iter().find(|c| c.id == id) {
@@ -348,10 +359,11 @@ fn start_client(
 fn read_loop(
     mut stream: UnixStream,
     handle: &ClientHandle,
-    clients: &ClientRegistry,
+    shared: &Shared,
     sender: &RequestSender,
     version: VersionInfo,
 ) {
+    let clients = &shared.clients;
     let mut session = Session::new(version);
     let mut framer = Framer::default();
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -369,6 +381,7 @@ fn read_loop(
         while let Some(frame) = framer.next_frame() {
             match frame {
                 Ok(frame) => {
+                    shared.calls.add();
                     let reply = session.handle(&frame, |request| sender.call(request));
                     let message = Outgoing::Message(reply.bytes.into());
                     let queued = if reply.negotiated {
@@ -383,6 +396,7 @@ fn read_loop(
                     } else {
                         handle.push(message)
                     };
+                    shared.calls.done();
                     if !queued {
                         break 'connection;
                     }

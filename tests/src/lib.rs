@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm::{ExitReason, SerialOutput, VmConfig, Vmm, VmmHandle};
+use vmm::{ExitReason, Notification, SerialOutput, VmConfig, Vmm, VmmHandle};
 
 /// How long a test waits for any single guest milestone by default. Generous,
 /// because CI machines are shared and the guest's CPL0 code is emulated.
@@ -49,6 +49,7 @@ pub struct GuestRun {
     lines: Receiver<String>,
     exit: Receiver<Result<ExitReason, String>>,
     handle: VmmHandle,
+    notifications: Receiver<Notification>,
     thread: Option<JoinHandle<()>>,
     transcript: Vec<String>,
 }
@@ -71,6 +72,7 @@ impl GuestRun {
         }));
         let vmm = Vmm::new(config).expect("VM creation failed");
         let handle = vmm.handle();
+        let notifications = handle.subscribe();
         let (exit_tx, exit) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let _ = exit_tx.send(vmm.run().map_err(|e| format!("{e:#}")));
@@ -79,6 +81,7 @@ impl GuestRun {
             lines,
             exit,
             handle,
+            notifications,
             thread: Some(thread),
             transcript: Vec::new(),
         }
@@ -96,6 +99,28 @@ impl GuestRun {
     /// The VM's control handle (pause, dump, status...).
     pub fn handle(&self) -> &VmmHandle {
         &self.handle
+    }
+
+    /// Waits for a [`Notification`] (subscribed before the VM started)
+    /// that satisfies `pred`, and returns it.
+    pub fn wait_notification(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Notification) -> bool,
+    ) -> Notification {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.notifications.recv_timeout(left) {
+                Ok(n) if pred(&n) => return n,
+                Ok(_) => {}
+                Err(_) => {
+                    self.transcript.extend(self.lines.try_iter());
+                    panic!("no {what} within {timeout:?}; serial:\n{}", self.dump())
+                }
+            }
+        }
     }
 
     /// Every line seen so far.
@@ -195,4 +220,223 @@ impl Drop for GuestRun {
 /// The expected summary line for `n` CPUs coming online out of `n`.
 pub fn summary(n: u32) -> String {
     format!("CPUs online: {n}/{n}")
+}
+
+/// The `vmm` binary of this build profile (`target/<profile>/vmm`), built
+/// once per test process with the same cargo that runs the tests. The
+/// `VMM_BIN` environment variable overrides it.
+pub fn vmm_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("VMM_BIN") {
+            return bin.into();
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("test executable in target/<profile>/deps");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => panic!("no profile directory above {}", exe.display()),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "vmm", "--bin", "vmm", "--profile"])
+            .arg(&profile)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the vmm binary");
+        assert!(status.success(), "building the vmm binary failed");
+        let bin = profile_dir.join("vmm");
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A unique path for a test's QMP socket (removed if it exists).
+pub fn socket_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Which output stream of a [`VmmProcess`] a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// stdout: the guest console with `--serial stdio`.
+    Stdout,
+    /// stderr: the VMM's own messages.
+    Stderr,
+}
+
+/// The real `vmm` binary running as a child process, its stdout and stderr
+/// as a stream of lines, its exit status on a channel.
+pub struct VmmProcess {
+    pid: u32,
+    lines: Receiver<(Stream, String)>,
+    exit: Receiver<std::process::ExitStatus>,
+    status: Option<std::process::ExitStatus>,
+    transcript: Vec<(Stream, String)>,
+    /// Per stream (stdout, stderr): transcript index after the last match.
+    cursor: [usize; 2],
+}
+
+impl std::fmt::Debug for VmmProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmmProcess")
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl VmmProcess {
+    /// Starts `vmm <args>` with stdin from /dev/null.
+    pub fn spawn(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(vmm_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the vmm binary");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let tx_out = tx.clone();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx_out.send((Stream::Stdout, line));
+            }
+        });
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send((Stream::Stderr, line));
+            }
+        });
+        let pid = child.id();
+        let (exit_tx, exit) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+        Self {
+            pid,
+            lines,
+            exit,
+            status: None,
+            transcript: Vec::new(),
+            cursor: [0; 2],
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything printed so far.
+    pub fn transcript(&self) -> String {
+        self.transcript
+            .iter()
+            .map(|(s, l)| format!("{}: {l}", if *s == Stream::Stdout { "out" } else { "err" }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for a line on `stream` containing `needle`, after the line
+    /// the previous wait on that stream matched (each stream is read in
+    /// order, independently of the other); panics with the transcript on
+    /// timeout or when the process ends first.
+    pub fn wait_for(&mut self, stream: Stream, needle: &str, timeout: Duration) -> String {
+        let which = stream as usize;
+        let seen = self.transcript[self.cursor[which]..]
+            .iter()
+            .position(|(s, l)| *s == stream && l.contains(needle));
+        if let Some(i) = seen {
+            let i = self.cursor[which] + i;
+            self.cursor[which] = i + 1;
+            return self.transcript[i].1.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((s, line)) => {
+                    self.transcript.push((s, line.clone()));
+                    if s == stream && line.contains(needle) {
+                        self.cursor[which] = self.transcript.len();
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "timed out after {timeout:?} waiting for {needle:?}; output:\n{}",
+                    self.transcript()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "vmm ended before printing {needle:?}; output:\n{}",
+                    self.transcript()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a guest console line (stdout) containing `needle`.
+    pub fn wait_for_guest(&mut self, needle: &str) -> String {
+        self.wait_for(Stream::Stdout, needle, DEFAULT_TIMEOUT)
+    }
+
+    /// Waits for a VMM line (stderr) containing `needle`.
+    pub fn wait_for_vmm(&mut self, needle: &str) -> String {
+        self.wait_for(Stream::Stderr, needle, DEFAULT_TIMEOUT)
+    }
+
+    /// Waits for the process to exit; returns its exit code (panics if it
+    /// was killed by a signal or did not exit in time).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let status = match self.status {
+            Some(s) => s,
+            None => match self.exit.recv_timeout(timeout) {
+                Ok(s) => {
+                    self.status = Some(s);
+                    s
+                }
+                Err(_) => panic!(
+                    "vmm did not exit within {timeout:?}; output:\n{}",
+                    self.transcript()
+                ),
+            },
+        };
+        // Collect what is left of the output (the pipes close at exit).
+        let drain_deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(drain_deadline.saturating_duration_since(Instant::now()))
+        {
+            self.transcript.push(l);
+        }
+        status
+            .code()
+            .unwrap_or_else(|| panic!("vmm killed: {status}; output:\n{}", self.transcript()))
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.exit.try_recv().is_err() {
+            // A failed test must not leave a VMM running: kill this child
+            // (by its own pid) and reap it.
+            // SAFETY: kill(2) with our child's pid and SIGKILL has no memory effects.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+            let _ = self.exit.recv_timeout(DEFAULT_TIMEOUT);
+        }
+    }
 }

@@ -288,7 +288,13 @@ fn a_dump_to_an_unwritable_place_fails_cleanly_and_the_vm_goes_on() {
 #[test]
 fn after_a_guest_panic_gdb_sees_the_panicking_cpu_in_panic() {
     let dir = test_dir("panic");
-    let mut run = GuestRun::boot(CPUS, "crash_after_boot=PANIC@2");
+    // Panic action none: the VM must outlive the panic to be dumped.
+    let mut run = GuestRun::start(vmm::VmConfig {
+        cpus: CPUS,
+        cmdline: "crash_after_boot=PANIC@2".into(),
+        on_panic: qmp::PanicAction::None,
+        ..vmm::VmConfig::default()
+    });
     run.wait_for_line("Kernel panic - not syncing");
     run.wait_for_line("---[ end Kernel panic");
     let path = dir.join("vmcore.elf");

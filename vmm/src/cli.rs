@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{parse_size, Kernel, OnReboot, SerialOutput, VmConfig, DEFAULT_MEMORY};
+use crate::config::{
+    parse_size, Kernel, OnReboot, SerialOutput, VmConfig, DEFAULT_MEMORY, DEFAULT_PANIC_ACTION,
+};
+use devices::pvpanic::PVPANIC_KNOWN_EVENTS;
+use qmp::PanicAction;
 
 /// Errors turning flags into a configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -21,7 +25,20 @@ Exit codes:
   1  the VMM failed while running
   2  bad input (flags, kernel file, memory size, /dev/kvm)
   3  the guest faulted (triple fault, KVM internal error, failed VM entry);
-     the vCPU, reason, RIP, RSP and CR3 are printed";
+     the vCPU, reason, RIP, RSP and CR3 are printed
+  4  the guest panicked under --on-panic exit-failure
+`quit` over QMP and a guest panic under --on-panic poweroff exit 0.";
+
+const CTL_HELP: &str = "\
+Examples:
+  vmm ctl --api-socket /tmp/vm.sock query-status
+  vmm ctl --api-socket /tmp/vm.sock set-action '{\"panic\": \"pause\"}'
+  vmm ctl --api-socket /tmp/vm.sock events
+
+Exit codes: 0 the command returned (its `return` value is printed as JSON);
+1 the command failed (the QMP error is printed on stderr) or the socket
+could not be used; 2 bad arguments. `events` prints one JSON event per line
+until the VMM closes the socket, then exits 0.";
 
 /// A small KVM VMM for the panic/kdump laboratory.
 #[derive(Debug, Parser)]
@@ -42,6 +59,9 @@ pub enum Command {
     /// `check` (every vCPU left what a crash dump needs).
     #[command(subcommand)]
     Vmcore(crate::vmcore_cmd::VmcoreCommand),
+    /// Run one QMP command on a running VMM's --api-socket and print the reply.
+    #[command(after_help = CTL_HELP)]
+    Ctl(CtlArgs),
     /// Write the embedded guest kernel ELF to a file (for gdb, readelf...).
     PrintKernel {
         /// Where to write it.
@@ -86,6 +106,62 @@ pub struct RunArgs {
     /// directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dump_dir: PathBuf,
+    /// Events the pvpanic device (port 0x505, ACPI QEMU0001) supports: bits
+    /// 0x1 PANICKED, 0x2 CRASH_LOADED, 0x4 SHUTDOWN; 0 = no device.
+    #[arg(long, value_name = "MASK", default_value = "0x7", value_parser = parse_pvpanic_mask)]
+    pub pvpanic_events: u8,
+    /// What a guest panic (pvpanic PANICKED) does: none (record, keep
+    /// running), pause (stop the vCPUs, state guest-panicked, VMM stays
+    /// up), poweroff (exit 0; `shutdown` is a synonym), exit-failure (exit
+    /// 4), restart (reset the guest), coredump-destroy and coredump-restart
+    /// (write a vmcore into --dump-dir, then exit 0 or reset). The default, poweroff,
+    /// is QEMU's default (-action panic=shutdown) and libvirt's
+    /// (<on_crash>destroy): a panicked guest never lingers unnoticed; the
+    /// GUEST_PANICKED event and a stderr line say why the VM ended. Use
+    /// pause to inspect a panicked guest over QMP.
+    #[arg(long, value_name = "ACTION", default_value_t = DEFAULT_PANIC_ACTION)]
+    pub on_panic: PanicAction,
+    /// Serve QMP (the QEMU Machine Protocol) on this Unix socket, mode 0600.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Flags of `vmm ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The VMM's QMP socket (its `vmm run --api-socket`).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// A QMP command (query-status, stop, cont, quit, inject-nmi,
+    /// set-action...), or `events` to print events as they arrive.
+    pub command: String,
+    /// The command's arguments, as a JSON object.
+    #[arg(value_name = "JSON-ARGS", value_parser = parse_json_object)]
+    pub arguments: Option<serde_json::Value>,
+}
+
+fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("the arguments must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+/// Parses a pvpanic event mask: decimal or 0x-prefixed hex, known bits only.
+pub fn parse_pvpanic_mask(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let value = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => t.parse::<u8>(),
+    }
+    .map_err(|_| format!("{s:?} is not an event mask (e.g. 0x7)"))?;
+    if value & !PVPANIC_KNOWN_EVENTS != 0 {
+        return Err(format!(
+            "{s:?} has unknown bits (known: {PVPANIC_KNOWN_EVENTS:#x})"
+        ));
+    }
+    Ok(value)
 }
 
 fn parse_cpus(s: &str) -> Result<u32, String> {
@@ -125,6 +201,9 @@ impl RunArgs {
                 OnRebootArg::Restart => OnReboot::Restart,
                 OnRebootArg::Exit => OnReboot::Exit,
             },
+            pvpanic_events: self.pvpanic_events,
+            on_panic: self.on_panic,
+            api_socket: self.api_socket.clone(),
         })
     }
 }
@@ -156,6 +235,60 @@ mod tests {
         assert_eq!((c.cpus, c.memory), (1, 256 << 20));
         assert!(matches!(c.serial, SerialOutput::Stdio));
         assert_eq!(c.on_reboot, OnReboot::Restart);
+        assert_eq!(c.pvpanic_events, 0x7);
+        assert_eq!(c.on_panic, PanicAction::Poweroff);
+        assert_eq!(c.api_socket, None);
+    }
+
+    #[test]
+    fn panic_flags() {
+        let c = run_config(&["--pvpanic-events", "0", "--on-panic", "pause"]);
+        assert_eq!((c.pvpanic_events, c.on_panic), (0, PanicAction::Pause));
+        let c = run_config(&["--pvpanic-events", "0x3", "--on-panic", "shutdown"]);
+        assert_eq!((c.pvpanic_events, c.on_panic), (3, PanicAction::Poweroff));
+        for action in PanicAction::ALL {
+            assert_eq!(
+                run_config(&["--on-panic", action.as_str()]).on_panic,
+                action
+            );
+        }
+        let c = run_config(&["--api-socket", "/tmp/s"]);
+        assert_eq!(
+            c.api_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/s"))
+        );
+        for bad in [
+            &["run", "--pvpanic-events", "8"][..],
+            &["run", "--pvpanic-events", "0x10"],
+            &["run", "--pvpanic-events", "seven"],
+            &["run", "--pvpanic-events", "256"],
+            &["run", "--on-panic", "explode"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ctl_arguments() {
+        match parse(&[
+            "ctl",
+            "--api-socket",
+            "/s",
+            "set-action",
+            r#"{"panic":"none"}"#,
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Ctl(c) => {
+                assert_eq!(c.command, "set-action");
+                assert_eq!(c.arguments, Some(serde_json::json!({"panic": "none"})));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&["ctl", "--api-socket", "/s", "stop", "[1]"]).is_err());
+        assert!(parse(&["ctl", "--api-socket", "/s", "stop", "{"]).is_err());
+        assert!(parse(&["ctl", "query-status"]).is_err());
     }
 
     #[test]

@@ -65,7 +65,20 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// What a guest reset does.
     pub on_reboot: OnReboot,
+    /// The pvpanic device's supported events (`guest_abi::ports::PVPANIC_*`
+    /// bits); 0 means no device and no DSDT entry.
+    pub pvpanic_events: u8,
+    /// What a pvpanic PANICKED event does ([`DEFAULT_PANIC_ACTION`]).
+    pub on_panic: qmp::PanicAction,
+    /// Serve QMP on this Unix socket (created 0600).
+    pub api_socket: Option<PathBuf>,
 }
+
+/// The default panic action: `poweroff`, which is QEMU's default
+/// (`-action panic=shutdown`) and libvirt's (`<on_crash>destroy`): a
+/// panicked guest does not linger unnoticed, and the `GUEST_PANICKED` event
+/// and the stderr line say why the VM ended. Use `pause` to inspect it.
+pub const DEFAULT_PANIC_ACTION: qmp::PanicAction = qmp::PanicAction::Poweroff;
 
 impl Default for VmConfig {
     fn default() -> Self {
@@ -76,6 +89,9 @@ impl Default for VmConfig {
             cmdline: String::new(),
             serial: SerialOutput::Null,
             on_reboot: OnReboot::Restart,
+            pvpanic_events: devices::pvpanic::PVPANIC_DEFAULT_EVENTS,
+            on_panic: DEFAULT_PANIC_ACTION,
+            api_socket: None,
         }
     }
 }

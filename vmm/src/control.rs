@@ -16,7 +16,9 @@ use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::dump::{DumpError, DumpRequest, DumpStatus, DumpTracker};
+use crate::pvpanic_log::PvpanicLog;
 use crate::vcpu::VcpuFault;
+use guest_abi::elfnote::PvpanicLogEntry;
 
 /// How long a control request waits for the main loop to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +42,11 @@ pub enum ControlError {
 pub enum RunState {
     /// vCPUs are running guest code.
     Running,
-    /// vCPUs are parked (by [`VmmHandle::pause`]).
+    /// vCPUs are parked (by [`VmmHandle::pause`] or QMP `stop`).
     Paused,
+    /// vCPUs are parked by the `pause` panic action; only a reset runs
+    /// the guest again.
+    GuestPanicked,
 }
 
 /// One vCPU, as `query-cpus-fast` reports it.
@@ -79,6 +84,12 @@ pub enum Notification {
     Reset {
         /// Whether the guest asked for it.
         guest: bool,
+    },
+    /// The guest reported a panic (pvpanic PANICKED); `action` is being
+    /// applied.
+    GuestPanicked {
+        /// The panic action in force.
+        action: qmp::PanicAction,
     },
     /// `Vmm::run` is about to return with this reason.
     Shutdown(crate::ExitReason),
@@ -124,6 +135,12 @@ pub(crate) enum Message {
     DumpFinished {
         result: Result<vmcore::DumpStats, DumpError>,
     },
+    SetPanicAction(qmp::PanicAction, Sender<Result<(), ControlError>>),
+    InjectCrash(String, Option<u32>, Sender<Result<(), ControlError>>),
+    VmxStates(Sender<Result<Vec<devices::pv_vmx::VmxVcpuState>, ControlError>>),
+    Vmcoreinfo(Sender<Result<Option<(u64, u32)>, ControlError>>),
+    /// A QMP command, to run on the main loop.
+    Qmp(qmp::PendingRequest),
 }
 
 /// The queue between every other thread and the main loop.
@@ -135,6 +152,7 @@ pub(crate) struct Mailbox {
     observers: Mutex<Vec<Sender<Notification>>>,
     /// Progress of the current or last dump, readable without the main loop.
     pub(crate) dump: Arc<DumpTracker>,
+    pub(crate) pvpanic_log: PvpanicLog,
 }
 
 impl Mailbox {
@@ -145,6 +163,7 @@ impl Mailbox {
             closed: AtomicBool::new(false),
             observers: Mutex::new(Vec::new()),
             dump: Arc::default(),
+            pvpanic_log: PvpanicLog::new(),
         })
     }
 
@@ -185,6 +204,15 @@ impl Mailbox {
 pub(crate) struct MailboxSink {
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) generation: u64,
+}
+
+impl crate::dump::PvpanicLogSource for Mailbox {
+    fn pvpanic_log(&self) -> vmcore::PvpanicLog {
+        vmcore::PvpanicLog {
+            entries: self.pvpanic_log.entries(),
+            dropped: self.pvpanic_log.dropped(),
+        }
+    }
 }
 
 impl EventSink for MailboxSink {
@@ -277,6 +305,50 @@ impl VmmHandle {
     /// Never blocks and works after the VM has ended.
     pub fn query_dump(&self) -> DumpStatus {
         self.mailbox.dump.status()
+    }
+
+    /// Sets what a guest panic (pvpanic PANICKED) does from now on, as QMP
+    /// `set-action` does.
+    pub fn set_panic_action(&self, action: qmp::PanicAction) -> Result<(), ControlError> {
+        self.request(|tx| Message::SetPanicAction(action, tx))
+    }
+
+    /// Every pvpanic event the guest reported, oldest first (at most
+    /// [`crate::pvpanic_log::PVPANIC_LOG_CAPACITY`]; the rest are counted by
+    /// [`VmmHandle::pvpanic_log_dropped`]). Also valid after `run` returned.
+    /// `timestamp_ns` counts from `Vmm::new`.
+    pub fn pvpanic_log(&self) -> Vec<PvpanicLogEntry> {
+        self.mailbox.pvpanic_log.entries()
+    }
+
+    /// pvpanic events not kept because the log was full.
+    pub fn pvpanic_log_dropped(&self) -> u32 {
+        self.mailbox.pvpanic_log.dropped()
+    }
+
+    /// Every vCPU's VMX state as the pv_vmx model holds it (for the
+    /// VMMVMXSTATE vmcore note).
+    pub fn vmx_states(&self) -> Result<Vec<devices::pv_vmx::VmxVcpuState>, ControlError> {
+        self.request(Message::VmxStates)
+    }
+
+    /// The guest's registered VMCOREINFO note: `(GPA, size)`.
+    pub fn vmcoreinfo(&self) -> Result<Option<(u64, u32)>, ControlError> {
+        self.request(Message::Vmcoreinfo)
+    }
+
+    /// Tells `cpu` (default 0; every CPU for PANIC_ALL, which takes no
+    /// cpu) to crash as `crash_type` (a [`VmmHandle::crash_types`] name, any
+    /// case) says, through the crash-control device. Errors name the valid
+    /// types or CPUs.
+    pub fn inject_crash(&self, crash_type: &str, cpu: Option<u32>) -> Result<(), ControlError> {
+        let name = crash_type.to_owned();
+        self.request(|tx| Message::InjectCrash(name, cpu, tx))
+    }
+
+    /// The crash types [`VmmHandle::inject_crash`] takes.
+    pub fn crash_types(&self) -> &'static [devices::crash_control::CrashTypeInfo] {
+        devices::crash_control::crash_types()
     }
 
     /// Receives every [`Notification`] from now on.

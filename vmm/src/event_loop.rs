@@ -184,3 +184,48 @@ impl MutEventSubscriber for StdinSubscriber {
         }
     }
 }
+
+const QMP_TOKEN: u32 = 4;
+
+/// Moves QMP requests from the server's channel to the main loop's
+/// mailbox, where they run with the whole VMM at hand. Owns the request
+/// EventFd (through the receiver).
+pub(crate) struct QmpSubscriber {
+    requests: qmp::QmpRequestReceiver,
+    mailbox: Arc<Mailbox>,
+}
+
+impl QmpSubscriber {
+    pub(crate) fn new(requests: qmp::QmpRequestReceiver, mailbox: Arc<Mailbox>) -> Self {
+        Self { requests, mailbox }
+    }
+}
+
+impl MutEventSubscriber for QmpSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() != QMP_TOKEN {
+            return;
+        }
+        self.requests.clear_wakeup();
+        loop {
+            match self.requests.try_recv() {
+                Ok(Some(pending)) => self.mailbox.post(Message::Qmp(pending)),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("qmp: {e}; no longer watching for commands");
+                    if let Err(e) = ops.remove(events) {
+                        warn!("cannot stop watching the QMP eventfd: {e:?}");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let fd = self.requests.eventfd();
+        if let Err(e) = ops.add(Events::with_data(fd, QMP_TOKEN, EventSet::IN)) {
+            error!("cannot watch the QMP eventfd: {e:?}");
+        }
+    }
+}

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     };
 
     match cli.command {
+        Command::Ctl(args) => ExitCode::from(vmm::ctl::run(&args, &mut std::io::stdout()) as u8),
         Command::PrintKernel { output } => match std::fs::write(&output, vmm::GUEST_KERNEL) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

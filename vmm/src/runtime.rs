@@ -18,9 +18,9 @@ use crate::control::{
     VmmHandle,
 };
 use crate::device_manager::SharedWriter;
-use crate::dump::{self, DumpError, DumpRequest};
+use crate::dump::{self, DumpError, DumpRequest, DumpSources};
 use crate::event_loop::{
-    EventLoopError, MailboxSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
+    EventLoopError, MailboxSubscriber, QmpSubscriber, SerialSlot, SignalSubscriber, StdinSubscriber,
 };
 use crate::vcpu::FaultReporter;
 use crate::vm::{Vm, VmError, VmSpec};
@@ -45,6 +45,8 @@ pub mod exit_code {
     pub const BAD_INPUT: i32 = 2;
     /// The guest faulted (triple fault, KVM internal error, failed entry).
     pub const GUEST_FAULT: i32 = 3;
+    /// The guest panicked under `--on-panic exit-failure`.
+    pub const GUEST_PANIC: i32 = 4;
 }
 
 /// Errors creating or running a [`Vmm`].
@@ -111,6 +113,12 @@ pub enum Error {
     /// The mailbox EventFd could not be created.
     #[error("creating the control eventfd failed")]
     Mailbox(#[source] std::io::Error),
+    /// The panic action cannot be used (yet).
+    #[error("--on-panic: {0}")]
+    PanicAction(String),
+    /// The QMP socket could not be served.
+    #[error("cannot serve QMP")]
+    Qmp(#[source] qmp::ServerError),
 }
 
 impl Error {
@@ -125,6 +133,8 @@ impl Error {
             | Error::NotKvm(_)
             | Error::KernelRead { .. }
             | Error::SerialOpen { .. }
+            | Error::PanicAction(_)
+            | Error::Qmp(_)
             | Error::Vm(VmError::Boot(_)) => exit_code::BAD_INPUT,
             _ => exit_code::VMM_ERROR,
         }
@@ -140,6 +150,14 @@ pub enum ExitReason {
     Reboot,
     /// [`VmmHandle::stop`], SIGINT or SIGTERM.
     Stopped,
+    /// QMP `quit`.
+    Quit,
+    /// The guest panicked and the panic action (`poweroff` or
+    /// `exit-failure`) ended the VM.
+    GuestPanic {
+        /// The action applied.
+        action: qmp::PanicAction,
+    },
     /// A vCPU stopped on a guest fault.
     GuestFault {
         /// The vCPU.
@@ -159,8 +177,27 @@ impl ExitReason {
     /// The `vmm` binary's exit code for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::Poweroff | ExitReason::Reboot | ExitReason::Stopped => exit_code::SUCCESS,
+            ExitReason::Poweroff | ExitReason::Reboot | ExitReason::Stopped | ExitReason::Quit => {
+                exit_code::SUCCESS
+            }
+            ExitReason::GuestPanic { action } => match action {
+                qmp::PanicAction::ExitFailure => exit_code::GUEST_PANIC,
+                _ => exit_code::SUCCESS,
+            },
             ExitReason::GuestFault { .. } => exit_code::GUEST_FAULT,
+        }
+    }
+
+    /// The QMP `SHUTDOWN` event's {guest, reason} for this outcome.
+    pub fn shutdown_cause(&self) -> (bool, qmp::ShutdownCause) {
+        use qmp::ShutdownCause as C;
+        match self {
+            ExitReason::Poweroff => (true, C::GuestShutdown),
+            ExitReason::Reboot => (true, C::GuestReset),
+            ExitReason::Stopped => (false, C::HostSignal),
+            ExitReason::Quit => (false, C::HostQmpQuit),
+            ExitReason::GuestPanic { .. } => (true, C::GuestPanic),
+            ExitReason::GuestFault { .. } => (false, C::HostError),
         }
     }
 }
@@ -171,6 +208,10 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Poweroff => write!(f, "guest powered off"),
             ExitReason::Reboot => write!(f, "guest rebooted"),
             ExitReason::Stopped => write!(f, "stopped"),
+            ExitReason::Quit => write!(f, "quit (QMP)"),
+            ExitReason::GuestPanic { action } => {
+                write!(f, "guest panicked (panic action {action})")
+            }
             ExitReason::GuestFault {
                 vcpu,
                 reason,
@@ -201,6 +242,11 @@ pub struct Vmm {
     vm: Vm,
     generation: u64,
     state: RunState,
+    pvpanic_events: u8,
+    pub(crate) on_panic: qmp::PanicAction,
+    qmp: Option<qmp::QmpServer>,
+    qmp_requests: Option<qmp::QmpRequestReceiver>,
+    qmp_events: Option<qmp::EventBroadcaster>,
     dump_dir: PathBuf,
     dump_progress_bar: bool,
     active_dump: Option<ActiveDump>,
@@ -263,6 +309,19 @@ fn open_kvm_at(path: &str) -> Result<Kvm, Error> {
     Ok(kvm)
 }
 
+/// Gives a freshly built VM's dumps their device state: the pv_vmx
+/// model's per-vCPU VMX state, the guest's registered VMCOREINFO, and the
+/// VMM's pvpanic log (which outlives resets).
+fn connect_dump_sources(vm: &mut Vm, mailbox: &Arc<Mailbox>) {
+    let devices = vm.devices();
+    let sources = DumpSources {
+        pv_vmx: Some(devices.pv_vmx.clone()),
+        vmcoreinfo: Some(devices.vmcoreinfo.clone()),
+        pvpanic: Some(mailbox.clone()),
+    };
+    vm.set_dump_sources(sources);
+}
+
 impl Vmm {
     /// Validates `cfg`, opens KVM and builds the VM (loads the kernel, ACPI
     /// tables, devices, vCPUs). Nothing runs until [`Vmm::run`].
@@ -295,6 +354,7 @@ impl Vmm {
                 max,
             });
         }
+        crate::vmcore_hooks::check_panic_action(cfg.on_panic).map_err(Error::PanicAction)?;
         let serial = SharedWriter(Arc::new(Mutex::new(serial_writer(cfg.serial)?)));
         let mailbox = Arc::new(Mailbox::new().map_err(Error::Mailbox)?);
         let spec = VmSpec {
@@ -302,13 +362,30 @@ impl Vmm {
             memory: cfg.memory,
             kernel: &kernel,
             cmdline: &cfg.cmdline,
+            pvpanic_events: cfg.pvpanic_events,
         };
         let sink = Arc::new(MailboxSink {
             mailbox: mailbox.clone(),
             generation: 0,
         });
-        let vm = Vm::build(&kvm, spec, sink, serial.clone())?;
+        let mut vm = Vm::build(&kvm, spec, sink, serial.clone())?;
+        connect_dump_sources(&mut vm, &mailbox);
+        // Last, so that a failure above leaves no socket behind.
+        let (qmp, qmp_requests, qmp_events) = match &cfg.api_socket {
+            Some(path) => {
+                let (server, requests) =
+                    qmp::QmpServer::start(qmp::ServerConfig::new(path)).map_err(Error::Qmp)?;
+                let events = server.broadcaster();
+                (Some(server), Some(requests), Some(events))
+            }
+            None => (None, None, None),
+        };
         Ok(Self {
+            pvpanic_events: cfg.pvpanic_events,
+            on_panic: cfg.on_panic,
+            qmp,
+            qmp_requests,
+            qmp_events,
             kvm,
             cpus: cfg.cpus,
             memory: cfg.memory,
@@ -374,39 +451,70 @@ impl Vmm {
     /// destroys or restarts the VM). Emits `DumpCompleted` and updates
     /// `query_dump` like any other dump.
     pub fn dump_to_dir(&mut self) -> Result<(PathBuf, vmcore::DumpStats), DumpError> {
+        let path = self.dump_dir.join(dump::unique_dump_name());
+        let request = DumpRequest {
+            path: path.clone(),
+            paging: true,
+            detach: false,
+        };
+        self.dump_blocking(request, false)
+            .map(|stats| (path, stats))
+    }
+
+    /// Dumps the VM on the main loop's thread, as QEMU's blocking
+    /// `dump-guest-memory` holds its monitor. With `resume`, a guest that
+    /// was running runs again afterwards; otherwise it is left paused.
+    pub(crate) fn dump_blocking(
+        &mut self,
+        request: DumpRequest,
+        resume: bool,
+    ) -> Result<vmcore::DumpStats, DumpError> {
         if self.active_dump.is_some() {
             return Err(DumpError::Busy);
         }
         let tracker = self.mailbox.dump.clone();
         let was_running = self.state == RunState::Running;
-        let path = self.dump_dir.join(dump::unique_dump_name());
         let result = dump::capture(&self.vm).and_then(|capture| {
             tracker.start(capture.ram_bytes());
             let (mut progress, bar) =
                 dump::progress_reporter(self.dump_progress_bar, Some(tracker.clone()));
-            let written = capture.write(&path, true, &mut progress);
+            let written = capture.write(&request.path, request.paging, &mut progress);
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            written.map(|stats| (path.clone(), stats))
+            written
         });
         tracker.finish(result.is_ok());
         if was_running {
-            self.state = RunState::Paused;
-            self.mailbox.notify(&Notification::Paused);
+            if resume {
+                self.vm.resume();
+            } else {
+                self.state = RunState::Paused;
+                self.mailbox.notify(&Notification::Paused);
+            }
         }
-        self.mailbox.notify(&Notification::DumpCompleted {
-            path,
-            result: match &result {
-                Ok((_, stats)) => Ok(stats.clone()),
-                Err(e) => Err(dump::error_chain(e)),
-            },
-        });
+        self.report_dump(request.path, &result);
         result
     }
 
+    /// Tells observers and QMP clients (`DUMP_COMPLETED`) how a dump ended.
+    fn report_dump(&self, path: PathBuf, result: &Result<vmcore::DumpStats, DumpError>) {
+        let status = self.mailbox.dump.status();
+        self.emit(qmp::QmpEvent::DumpCompleted {
+            result: crate::vmcore_hooks::dump_query_result(&status),
+            error: result.as_ref().err().map(|e| dump::error_chain(e)),
+        });
+        self.mailbox.notify(&Notification::DumpCompleted {
+            path,
+            result: match result {
+                Ok(stats) => Ok(stats.clone()),
+                Err(e) => Err(dump::error_chain(e)),
+            },
+        });
+    }
+
     /// Handles `dump-guest-memory`: capture now, write on a worker thread.
-    fn start_dump(
+    pub(crate) fn start_dump(
         &mut self,
         request: DumpRequest,
         reply: Sender<Result<Option<vmcore::DumpStats>, DumpError>>,
@@ -492,13 +600,7 @@ impl Vmm {
             self.state = RunState::Running;
             self.mailbox.notify(&Notification::Resumed);
         }
-        self.mailbox.notify(&Notification::DumpCompleted {
-            path: active.path,
-            result: match &result {
-                Ok(stats) => Ok(stats.clone()),
-                Err(e) => Err(dump::error_chain(e)),
-            },
-        });
+        self.report_dump(active.path, &result);
         if let Some(reply) = active.reply {
             let _ = reply.send(result.map(Some));
         }
@@ -537,16 +639,159 @@ impl Vmm {
         self.vm.shutdown();
         self.wait_for_dump();
         self.mailbox.close();
-        if let Ok(reason) = &result {
-            self.mailbox.notify(&Notification::Shutdown(reason.clone()));
-        }
+        let (guest, reason) = match &result {
+            Ok(reason) => {
+                self.mailbox.notify(&Notification::Shutdown(reason.clone()));
+                reason.shutdown_cause()
+            }
+            Err(_) => (false, qmp::ShutdownCause::HostError),
+        };
+        self.emit(qmp::QmpEvent::Shutdown { guest, reason });
+        // Dropping the server flushes queued replies (`quit`'s) and events,
+        // then closes the clients and removes the socket.
+        self.qmp_events = None;
+        self.qmp = None;
         result
+    }
+
+    /// Sends `event` to every negotiated QMP client (if QMP is served).
+    pub(crate) fn emit(&self, event: qmp::QmpEvent) {
+        if let Some(events) = &self.qmp_events {
+            events.emit(&event);
+        }
+    }
+
+    /// Sends an extension event by name (see `qmp_backend` for the list).
+    pub(crate) fn emit_raw(&self, name: &str, data: serde_json::Value) {
+        if let Some(events) = &self.qmp_events {
+            events.emit_raw(name, Some(data));
+        }
+    }
+
+    /// The run state, as QMP `query-status` and [`VmmHandle::status`] see it.
+    pub(crate) fn state(&self) -> RunState {
+        self.state
+    }
+
+    /// The current VM incarnation.
+    pub(crate) fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// What a guest reset does now.
+    pub(crate) fn set_on_reboot(&mut self, on_reboot: OnReboot) {
+        self.on_reboot = on_reboot;
+    }
+
+    /// Parks the vCPUs and enters `state` (Paused or GuestPanicked);
+    /// notifies observers and emits `STOP` when they were running.
+    pub(crate) fn pause_vm(&mut self, state: RunState) -> Result<(), ControlError> {
+        if self.state != RunState::Running {
+            if state == RunState::GuestPanicked {
+                self.state = state;
+            }
+            return Ok(());
+        }
+        self.vm
+            .pause()
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
+        self.state = state;
+        self.mailbox.notify(&Notification::Paused);
+        self.emit(qmp::QmpEvent::Stop);
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again (`RESUME`). A panicked guest needs a
+    /// reset first, as in QEMU.
+    pub(crate) fn resume_vm(&mut self) -> Result<(), ControlError> {
+        match self.state {
+            RunState::Running => Ok(()),
+            RunState::GuestPanicked => Err(ControlError::Failed(
+                "the guest panicked: resetting the virtual machine is required".into(),
+            )),
+            RunState::Paused => {
+                self.vm.resume();
+                self.state = RunState::Running;
+                self.mailbox.notify(&Notification::Resumed);
+                self.emit(qmp::QmpEvent::Resume);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets the panic action, unless it is unavailable.
+    pub(crate) fn set_panic_action(&mut self, action: qmp::PanicAction) -> Result<(), String> {
+        crate::vmcore_hooks::check_panic_action(action)?;
+        self.on_panic = action;
+        Ok(())
+    }
+
+    /// A pvpanic event: log it, report it, apply the panic action.
+    fn on_pvpanic(
+        &mut self,
+        event: devices::pvpanic::PvpanicEvent,
+        vcpu: u32,
+    ) -> Result<Option<ExitReason>, Error> {
+        use devices::pvpanic::PvpanicEvent;
+        use qmp::{GuestPanicAction, PanicAction, QmpEvent};
+        self.mailbox.pvpanic_log.record(event, vcpu);
+        match event {
+            PvpanicEvent::CrashLoaded => {
+                // kdump is about to run: never stop the guest.
+                self.emit(QmpEvent::GuestCrashloaded {
+                    action: GuestPanicAction::Run,
+                });
+                Ok(None)
+            }
+            PvpanicEvent::Shutdown => {
+                self.emit(QmpEvent::GuestPvshutdown);
+                Ok(Some(ExitReason::Poweroff))
+            }
+            PvpanicEvent::Panicked => {
+                let action = self.on_panic;
+                eprintln!("vmm: guest panicked on vcpu {vcpu}; panic action {action}");
+                self.mailbox.notify(&Notification::GuestPanicked { action });
+                self.emit(QmpEvent::GuestPanicked {
+                    action: action.into(),
+                    info: None,
+                });
+                match action {
+                    PanicAction::None => Ok(None),
+                    PanicAction::Pause => {
+                        if let Err(e) = self.pause_vm(RunState::GuestPanicked) {
+                            warn!("panic action pause failed: {e}");
+                        }
+                        Ok(None)
+                    }
+                    PanicAction::Poweroff | PanicAction::ExitFailure => {
+                        Ok(Some(ExitReason::GuestPanic { action }))
+                    }
+                    PanicAction::Restart => self.rebuild(true, qmp::ShutdownCause::GuestPanic),
+                    PanicAction::CoredumpDestroy | PanicAction::CoredumpRestart => {
+                        if let Err(e) = self.pause_vm(RunState::GuestPanicked) {
+                            warn!("pausing for the vmcore failed: {e}");
+                        }
+                        if let Err(e) = crate::vmcore_hooks::write_panic_vmcore(self, action) {
+                            eprintln!("vmm: error: no vmcore written: {e}");
+                        }
+                        if action == PanicAction::CoredumpRestart {
+                            self.rebuild(true, qmp::ShutdownCause::GuestPanic)
+                        } else {
+                            Ok(Some(ExitReason::GuestPanic { action }))
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn run_loop(&mut self) -> Result<ExitReason, Error> {
         let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new()
             .map_err(|e| Error::EventLoop(EventLoopError::Manager(e)))?;
         manager.add_subscriber(Box::new(MailboxSubscriber(self.mailbox.clone())));
+        if let Some(requests) = self.qmp_requests.take() {
+            manager.add_subscriber(Box::new(QmpSubscriber::new(requests, self.mailbox.clone())));
+        }
         if let Some(signals) = self.signals.take() {
             manager.add_subscriber(Box::new(signals));
         }
@@ -578,12 +823,13 @@ impl Vmm {
                 self.mailbox.notify(&Notification::Guest(event));
                 match event {
                     devices::VmEvent::Poweroff { .. } => Ok(Some(ExitReason::Poweroff)),
-                    devices::VmEvent::Reset { .. } => self.reset(true),
-                    // pvpanic, crash-control, vmcoreinfo and kdump events are
-                    // delivered to subscribers above; the VM-level actions on
-                    // them (panic actions, dumps) are wired with those devices.
+                    devices::VmEvent::Reset { .. } => {
+                        self.reset(true, qmp::ShutdownCause::GuestReset)
+                    }
+                    devices::VmEvent::Pvpanic { event, vcpu } => self.on_pvpanic(event, vcpu),
+                    // kdump, crash-control and vmcoreinfo: reported only.
                     other => {
-                        log::debug!("device event {other:?}");
+                        self.on_pv_event(other);
                         Ok(None)
                     }
                 }
@@ -600,21 +846,13 @@ impl Vmm {
                 Ok(Some(ExitReason::Stopped))
             }
             Message::Stop => Ok(Some(ExitReason::Stopped)),
-            Message::Reset => self.reset(false),
+            Message::Reset => self.reset(false, qmp::ShutdownCause::HostQmpSystemReset),
             Message::Pause(reply) => {
                 if let Some(dump) = &mut self.active_dump {
                     // Paused by the user during the dump: stay paused after.
                     dump.resume_after = false;
                 }
-                let result = self
-                    .vm
-                    .pause()
-                    .map_err(|e| ControlError::Failed(e.to_string()));
-                if result.is_ok() {
-                    self.state = RunState::Paused;
-                    self.mailbox.notify(&Notification::Paused);
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.pause_vm(RunState::Paused));
                 Ok(None)
             }
             Message::Resume(reply) if self.active_dump.is_some() => {
@@ -624,17 +862,45 @@ impl Vmm {
                 Ok(None)
             }
             Message::Resume(reply) => {
-                self.vm.resume();
-                self.state = RunState::Running;
-                self.mailbox.notify(&Notification::Resumed);
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(self.resume_vm());
                 Ok(None)
             }
             Message::InjectNmi(reply) => {
-                self.vm.inject_nmi();
+                self.inject_nmi();
                 let _ = reply.send(Ok(()));
                 Ok(None)
             }
+            Message::SetPanicAction(action, reply) => {
+                let _ = reply.send(self.set_panic_action(action).map_err(ControlError::Failed));
+                Ok(None)
+            }
+            Message::InjectCrash(name, cpu, reply) => {
+                let _ = reply.send(self.inject_crash(&name, cpu).map_err(ControlError::Failed));
+                Ok(None)
+            }
+            Message::VmxStates(reply) => {
+                let states = self
+                    .vm
+                    .devices()
+                    .pv_vmx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .snapshot();
+                let _ = reply.send(Ok(states));
+                Ok(None)
+            }
+            Message::Vmcoreinfo(reply) => {
+                let note = self
+                    .vm
+                    .devices()
+                    .vmcoreinfo
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .registered();
+                let _ = reply.send(Ok(note));
+                Ok(None)
+            }
+            Message::Qmp(pending) => Ok(crate::qmp_backend::handle(self, pending)?),
             Message::PowerButton(reply) => {
                 let _ = reply.send(Ok(self.vm.press_power_button()));
                 Ok(None)
@@ -667,11 +933,147 @@ impl Vmm {
         }
     }
 
-    /// A reset: rebuild the VM from the configuration, or end the run.
-    fn reset(&mut self, guest: bool) -> Result<Option<ExitReason>, Error> {
+    /// kdump, crash-control and vmcoreinfo events: logged, and sent to QMP
+    /// clients as our events `KEXEC_HANDOVER` {cpu, entry, elfcorehdr},
+    /// `VMCORE_READY` {cpu, elfcorehdr, size}, `KDUMP_CAPTURE_FAILED` {cpu,
+    /// reason, detail}, `CRASH_ACK` {cpu, step} and `VMCOREINFO` {cpu,
+    /// paddr, size} (paddr/size null when unregistered). None stops the guest.
+    fn on_pv_event(&mut self, event: devices::VmEvent) {
+        use devices::VmEvent;
+        use serde_json::json;
+        let now = crate::pvpanic_log::rfc3339_utc(std::time::SystemTime::now());
+        match event {
+            VmEvent::KexecHandover {
+                vcpu,
+                entry,
+                elfcorehdr,
+            } => {
+                eprintln!(
+                    "vmm: kdump: KEXEC_HANDOVER from vcpu {vcpu} at {now}: entry {entry:#x}, elfcorehdr {elfcorehdr:#x}"
+                );
+                self.emit_raw(
+                    "KEXEC_HANDOVER",
+                    json!({"cpu": vcpu, "entry": entry, "elfcorehdr": elfcorehdr}),
+                );
+            }
+            VmEvent::VmcoreReady {
+                vcpu,
+                elfcorehdr,
+                size,
+            } => {
+                eprintln!(
+                    "vmm: kdump: VMCORE_READY from vcpu {vcpu} at {now}: elfcorehdr {elfcorehdr:#x}, {size} bytes"
+                );
+                self.emit_raw(
+                    "VMCORE_READY",
+                    json!({"cpu": vcpu, "elfcorehdr": elfcorehdr, "size": size}),
+                );
+            }
+            VmEvent::CaptureFailed {
+                vcpu,
+                reason,
+                detail,
+            } => {
+                eprintln!(
+                    "vmm: kdump: CAPTURE_FAILED from vcpu {vcpu} at {now}: {reason:?} (detail {detail:#x})"
+                );
+                self.emit_raw(
+                    "KDUMP_CAPTURE_FAILED",
+                    json!({"cpu": vcpu, "reason": format!("{reason:?}"), "detail": detail}),
+                );
+            }
+            VmEvent::CrashAck { vcpu, step } => {
+                log::info!("crash-control: vcpu {vcpu} acknowledged step {step}");
+                self.emit_raw("CRASH_ACK", json!({"cpu": vcpu, "step": step}));
+            }
+            VmEvent::Vmcoreinfo { vcpu, note } => {
+                match note {
+                    Some((paddr, size)) => {
+                        log::info!("vmcoreinfo: vcpu {vcpu} registered {size} bytes at {paddr:#x}")
+                    }
+                    None => log::info!("vmcoreinfo: vcpu {vcpu} unregistered the note"),
+                }
+                self.emit_raw(
+                    "VMCOREINFO",
+                    json!({"cpu": vcpu, "paddr": note.map(|n| n.0), "size": note.map(|n| n.1)}),
+                );
+            }
+            other
+            @ (VmEvent::Poweroff { .. } | VmEvent::Reset { .. } | VmEvent::Pvpanic { .. }) => {
+                log::debug!("device event {other:?}")
+            }
+        }
+    }
+
+    /// Every crash type `x-inject-crash` takes.
+    pub(crate) fn crash_types(&self) -> Vec<qmp::CrashTypeInfo> {
+        devices::crash_control::crash_types()
+            .iter()
+            .map(|t| qmp::CrashTypeInfo {
+                name: t.name.to_string(),
+                description: t.description.to_string(),
+            })
+            .collect()
+    }
+
+    /// Asks `cpu` (default 0; every CPU for PANIC_ALL) to crash as `name` says.
+    /// Errors name the valid values.
+    pub(crate) fn inject_crash(&mut self, name: &str, cpu: Option<u32>) -> Result<(), String> {
+        use devices::crash_control::{CrashControl, CrashControlError};
+        let names = || {
+            devices::crash_control::crash_types()
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let crash = CrashControl::parse_type(name)
+            .map_err(|_| format!("unknown crash type '{name}'; valid types: {}", names()))?;
+        let result = self
+            .vm
+            .devices()
+            .crash_control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inject(crash, cpu);
+        result.map_err(|e| match e {
+            CrashControlError::InvalidCpu { cpu, vcpus } => {
+                format!("no CPU {cpu}; valid CPUs: 0-{}", vcpus.saturating_sub(1))
+            }
+            CrashControlError::UnknownType(_) => {
+                format!("unknown crash type '{name}'; valid types: {}", names())
+            }
+            other => other.to_string(),
+        })
+    }
+
+    /// KVM_NMI on every vCPU (from its own thread); emits `NMI`.
+    pub(crate) fn inject_nmi(&mut self) {
+        self.vm.inject_nmi();
+        let cpus = self.vm.vcpus().iter().map(|c| c.id()).collect();
+        self.emit(qmp::QmpEvent::Nmi { cpus });
+    }
+
+    /// A reset: rebuild the VM from the configuration, or end the run
+    /// under `OnReboot::Exit`.
+    pub(crate) fn reset(
+        &mut self,
+        guest: bool,
+        cause: qmp::ShutdownCause,
+    ) -> Result<Option<ExitReason>, Error> {
         if self.on_reboot == OnReboot::Exit {
             return Ok(Some(ExitReason::Reboot));
         }
+        self.rebuild(guest, cause)
+    }
+
+    /// Tears the VM down and boots a new one from the configuration;
+    /// emits `RESET` (and `RESUME` if it was paused).
+    fn rebuild(
+        &mut self,
+        guest: bool,
+        cause: qmp::ShutdownCause,
+    ) -> Result<Option<ExitReason>, Error> {
         info!("reset: rebuilding the VM");
         self.vm.shutdown();
         self.generation += 1;
@@ -680,6 +1082,7 @@ impl Vmm {
             memory: self.memory,
             kernel: &self.kernel,
             cmdline: &self.cmdline,
+            pvpanic_events: self.pvpanic_events,
         };
         let sink = Arc::new(MailboxSink {
             mailbox: self.mailbox.clone(),
@@ -688,7 +1091,10 @@ impl Vmm {
         // The old VM (its threads joined) is dropped when replaced below.
         let new_vm = Vm::build(&self.kvm, spec, sink, self.serial.clone());
         let new_vm = match new_vm {
-            Ok(vm) => vm,
+            Ok(mut vm) => {
+                connect_dump_sources(&mut vm, &self.mailbox);
+                vm
+            }
             Err(e) => {
                 warn!("rebuilding the VM failed: {e}");
                 return Err(e.into());
@@ -697,8 +1103,16 @@ impl Vmm {
         self.vm = new_vm;
         *self.serial_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.vm.serial());
         self.vm.start(self.fault_reporter())?;
-        self.state = RunState::Running;
+        let was = std::mem::replace(&mut self.state, RunState::Running);
         self.mailbox.notify(&Notification::Reset { guest });
+        self.emit(qmp::QmpEvent::Reset {
+            guest,
+            reason: cause,
+        });
+        if was != RunState::Running {
+            self.mailbox.notify(&Notification::Resumed);
+            self.emit(qmp::QmpEvent::Resume);
+        }
         Ok(None)
     }
 }

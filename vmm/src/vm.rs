@@ -70,6 +70,8 @@ pub struct VmSpec<'a> {
     pub kernel: &'a [u8],
     /// Kernel command line.
     pub cmdline: &'a str,
+    /// The pvpanic device's event mask (0: no device, no DSDT entry).
+    pub pvpanic_events: u8,
 }
 
 /// A built VM. vCPU threads run between [`Vm::start`] and [`Vm::shutdown`].
@@ -157,14 +159,24 @@ impl Vm {
             .map_err(|e| VmError::Kvm("KVM_CREATE_PIT2", e))?;
 
         let entry = pvh::load_kernel(&memory, spec.kernel, &ram)?;
-        let tables = acpi::build(spec.cpus)?;
+        let tables = acpi::build(spec.cpus, spec.pvpanic_events != 0)?;
         memory
             .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES_START))
             .map_err(VmError::GuestWrite)?;
         pvh::write_boot_info(&memory, &ram, spec.cmdline, tables.rsdp_addr)?;
         pvh::write_boot_gdt(&memory)?;
 
-        let devices = device_manager::create_devices(&fd, events, serial_out)?;
+        let devices = device_manager::create_devices(
+            &fd,
+            device_manager::DeviceSpec {
+                kvm,
+                cpus: spec.cpus,
+                ram: Arc::new(memory.clone()),
+                pvpanic_events: spec.pvpanic_events,
+            },
+            events,
+            serial_out,
+        )?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -304,6 +316,11 @@ impl Vm {
                 warn!("vcpu {} did not resume in time", c.id());
             }
         }
+    }
+
+    /// The devices the VMM talks to directly.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
     }
 
     /// Presses the ACPI power button; returns whether the guest had

@@ -34,7 +34,8 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Boots the embedded guest on 2 vCPUs, dumps it once both are online.
+/// Boots the embedded guest on 2 vCPUs, dumps it once its boot is over (the
+/// VMCOREINFO registration is its last boot step) and both idle.
 fn dump_of_the_guest(path: &std::path::Path) {
     let (tx, rx) = channel();
     let vmm = Vmm::new(VmConfig {
@@ -49,7 +50,8 @@ fn dump_of_the_guest(path: &std::path::Path) {
         let _ = done_tx.send(vmm.run().map_err(|e| e.to_string()));
     });
     let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("CPUs online: 2/2") {
+    let booted = |s: &str| s.contains("CPUs online: 2/2") && s.contains("registered\n");
+    while !booted(&String::from_utf8_lossy(&seen)) {
         seen.push(rx.recv_timeout(WAIT).expect("guest boots in time"));
     }
     handle

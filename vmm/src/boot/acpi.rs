@@ -154,8 +154,9 @@ fn fix_checksum(table: &mut [u8]) {
     table[9] = 0u8.wrapping_sub(sum);
 }
 
-/// The DSDT: the S5 sleep package and the platform's legacy devices.
-fn dsdt() -> Vec<u8> {
+/// The DSDT: the S5 sleep package and the platform's legacy devices; the
+/// pvpanic device (`QEMU0001`, as QEMU lists it) only when `pvpanic` is set.
+fn dsdt(pvpanic: bool) -> Vec<u8> {
     let s5_typ = u8::try_from(ports::SLP_TYP_S5).expect("SLP_TYP is 3 bits");
     let s5 = aml::Name::new(
         "_S5_".into(),
@@ -172,9 +173,15 @@ fn dsdt() -> Vec<u8> {
         &aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]),
     );
     let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
-    // pvpanic goes here, beside COM1: Device(PEVT) with _HID "QEMU0001" and
-    // _CRS IO(ports::PVPANIC, ports::PVPANIC, 1, 1).
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1]);
+    let pevt_hid = aml::Name::new("_HID".into(), &PVPANIC_HID);
+    let pevt_io = aml::IO::new(ports::PVPANIC, ports::PVPANIC, 1, 1);
+    let pevt_crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&pevt_io]));
+    let pevt = aml::Device::new("PEVT".into(), vec![&pevt_hid, &pevt_crs]);
+    let mut devices: Vec<&dyn Aml> = vec![&com1];
+    if pvpanic {
+        devices.push(&pevt);
+    }
+    let sb = aml::Scope::new("\\_SB_".into(), devices);
 
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     table.append_slice(&to_vec(&s5));
@@ -212,8 +219,12 @@ fn align_up(value: usize, align: usize) -> usize {
     value.div_ceil(align) * align
 }
 
-/// Builds every table for `cpus` vCPUs.
-pub fn build(cpus: u32) -> Result<AcpiTables, AcpiError> {
+/// The pvpanic device's ACPI hardware ID (QEMU's).
+pub const PVPANIC_HID: &str = "QEMU0001";
+
+/// Builds every table for `cpus` vCPUs; the DSDT lists the pvpanic device
+/// when `pvpanic` is set.
+pub fn build(cpus: u32, pvpanic: bool) -> Result<AcpiTables, AcpiError> {
     let base = ACPI_TABLES_START;
     let mut blob = vec![0u8; Rsdp::len()];
     let place = |blob: &mut Vec<u8>, table: &[u8], align: usize| -> u64 {
@@ -224,7 +235,7 @@ pub fn build(cpus: u32) -> Result<AcpiTables, AcpiError> {
     };
 
     let facs_addr = place(&mut blob, &to_vec(&FACS::new()), 64);
-    let dsdt_addr = place(&mut blob, &dsdt(), 16);
+    let dsdt_addr = place(&mut blob, &dsdt(pvpanic), 16);
     let fadt_addr = place(&mut blob, &fadt(dsdt_addr, facs_addr), 16);
     let madt_addr = place(&mut blob, &madt(cpus)?, 16);
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -284,7 +295,7 @@ mod tests {
 
     #[test]
     fn rsdp_is_revision_2_with_both_checksums() {
-        let t = build(1).unwrap();
+        let t = build(1, true).unwrap();
         let rsdp = &t.bytes[..36];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(rsdp[15], 2);
@@ -295,7 +306,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_to_zero() {
-        let t = build(4).unwrap();
+        let t = build(4, true).unwrap();
         let rsdp = &t.bytes[..36];
         assert_eq!(sum(table(&t, u64_at(rsdp, 24))), 0, "XSDT");
         let all = tables(&t);
@@ -312,7 +323,7 @@ mod tests {
     #[test]
     fn madt_lists_one_enabled_lapic_per_cpu() {
         for cpus in [1u32, 2, 8, 64] {
-            let t = build(cpus).unwrap();
+            let t = build(cpus, true).unwrap();
             let madt = find(&t, b"APIC");
             assert_eq!(u32_at(madt, 36), LAPIC_ADDR);
             let mut ids = Vec::new();
@@ -345,12 +356,12 @@ mod tests {
 
     #[test]
     fn too_many_cpus_for_xapic_ids_is_an_error() {
-        assert!(matches!(build(256), Err(AcpiError::TooManyCpus(256))));
+        assert!(matches!(build(256, true), Err(AcpiError::TooManyCpus(256))));
     }
 
     #[test]
     fn fadt_points_at_the_guest_abi_ports() {
-        let t = build(1).unwrap();
+        let t = build(1, true).unwrap();
         let fadt = find(&t, b"FACP");
         assert_eq!(u32_at(fadt, 56), u32::from(ports::PM1A_EVT_BLK));
         assert_eq!(u32_at(fadt, 64), u32::from(ports::PM1A_CNT_BLK));
@@ -371,7 +382,7 @@ mod tests {
 
     #[test]
     fn dsdt_has_s5_and_com1() {
-        let d = dsdt();
+        let d = dsdt(false);
         let s5 = d
             .windows(4)
             .position(|w| w == b"_S5_")
@@ -385,5 +396,31 @@ mod tests {
         // PNP0501 as an EISA ID: 0x0105d041.
         assert!(d.windows(4).any(|w| w == 0x0105_d041u32.to_le_bytes()));
         assert_eq!(u32_at(&d, 4) as usize, d.len());
+    }
+
+    /// The DSDT's pvpanic device: `_HID` "QEMU0001" as an AML string, and a
+    /// `_CRS` with one 16-bit-decode I/O range at 0x505, length 1.
+    #[test]
+    fn dsdt_lists_pvpanic_only_when_enabled() {
+        let d = dsdt(true);
+        let mut hid = vec![0x0d]; // StringPrefix
+        hid.extend_from_slice(b"QEMU0001\0");
+        assert!(d.windows(hid.len()).any(|w| w == hid.as_slice()));
+        assert!(d.windows(4).any(|w| w == b"PEVT"));
+        let port = ports::PVPANIC.to_le_bytes();
+        // IO descriptor: tag 0x47, decode16, min, max, alignment 1, length 1.
+        let io = [0x47, 0x01, port[0], port[1], port[0], port[1], 0x01, 0x01];
+        assert!(
+            d.windows(io.len()).any(|w| w == io),
+            "no IO(0x505, 1) in the DSDT"
+        );
+        assert_eq!(u32_at(&d, 4) as usize, d.len());
+        assert_eq!(sum(&d), 0);
+
+        let d = dsdt(false);
+        assert!(!d.windows(8).any(|w| w == b"QEMU0001"));
+        assert!(!d.windows(4).any(|w| w == b"PEVT"));
+        assert!(!d.windows(io.len()).any(|w| w == io));
+        assert_eq!(sum(&d), 0);
     }
 }
