@@ -257,6 +257,26 @@ fn run_case(policy: Policy, post: bool, crash: Crash) {
         }
     }
     assert_eq!(report.vcpus.len(), CPUS as usize, "{case}");
+    // The checker's verdict as a whole: it passes exactly when every CPU
+    // saved its registers and left VMX, and otherwise names each CPU that
+    // did not.
+    assert_eq!(
+        report.ok,
+        want.saved == ALL,
+        "{case}: {:?}",
+        report.failures
+    );
+    for cpu in ALL.iter().filter(|c| !want.saved.contains(c)) {
+        let named = report
+            .failures
+            .iter()
+            .any(|f| f.contains(&format!("vcpu {cpu}")));
+        assert!(
+            named,
+            "{case}: vcpu {cpu} not named in {:?}",
+            report.failures
+        );
+    }
 
     let pvpanic: Vec<u32> = core
         .pvpanic_log()
