@@ -71,16 +71,23 @@ impl Uart {
         self.room = 0;
     }
 
-    fn put(&mut self, byte: u8) {
-        if self.room == 0 {
-            let mut polls = 0;
-            // SAFETY: reading LSR has no side effects we rely on.
-            while unsafe { self.port(LSR).read() } & LSR_THRE == 0 && polls < THRE_POLL_LIMIT {
-                core::hint::spin_loop();
-                polls += 1;
-            }
-            self.room = TX_FIFO_BYTES;
+    /// Polls LSR until the transmit FIFO is empty when no room is known;
+    /// then a FIFO-full can be written without polling.
+    fn wait_for_room(&mut self) {
+        if self.room != 0 {
+            return;
         }
+        let mut polls = 0;
+        // SAFETY: reading LSR has no side effects we rely on.
+        while unsafe { self.port(LSR).read() } & LSR_THRE == 0 && polls < THRE_POLL_LIMIT {
+            core::hint::spin_loop();
+            polls += 1;
+        }
+        self.room = TX_FIFO_BYTES;
+    }
+
+    fn put(&mut self, byte: u8) {
+        self.wait_for_room();
         // SAFETY: THR write queues one byte for transmission.
         unsafe { self.port(THR).write(byte) };
         self.room -= 1;
@@ -91,15 +98,7 @@ impl Uart {
     fn put_bytes(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
         while !rest.is_empty() {
-            if self.room == 0 {
-                let mut polls = 0;
-                // SAFETY: reading LSR has no side effects we rely on.
-                while unsafe { self.port(LSR).read() } & LSR_THRE == 0 && polls < THRE_POLL_LIMIT {
-                    core::hint::spin_loop();
-                    polls += 1;
-                }
-                self.room = TX_FIFO_BYTES;
-            }
+            self.wait_for_room();
             let n = rest.len().min(usize::from(self.room));
             let chunk = rest.get(..n).unwrap_or(rest);
             // SAFETY: `rep outsb` reads `chunk.len()` bytes from `chunk` and

@@ -17,7 +17,7 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> i32 {
             eprintln!(
                 "vmm: error: cannot connect to {}: {}",
                 args.api_socket.display(),
-                chain(&e)
+                crate::dump::error_chain(&e)
             );
             return 1;
         }
@@ -33,7 +33,7 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> i32 {
                 }
                 Err(ClientError::Closed) => return 0,
                 Err(e) => {
-                    eprintln!("vmm: error: {}", chain(&e));
+                    eprintln!("vmm: error: {}", crate::dump::error_chain(&e));
                     return 1;
                 }
             }
@@ -50,19 +50,8 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> i32 {
             1
         }
         Err(e) => {
-            eprintln!("vmm: error: {}", chain(&e));
+            eprintln!("vmm: error: {}", crate::dump::error_chain(&e));
             1
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

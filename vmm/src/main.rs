@@ -5,19 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::cli::{Cli, Command};
+use vmm::dump::error_chain;
 use vmm::{exit_code, Vmm};
-
-/// "outer: inner: innermost", so every error is one line with its causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 fn fail(code: i32, e: &dyn std::error::Error) -> ExitCode {
     eprintln!("vmm: error: {}", error_chain(e));
