@@ -260,14 +260,15 @@ fn check_panic_vmcore(dir: &std::path::Path, cpus: usize) {
     );
 }
 
-#[test]
-fn coredump_destroy_writes_a_vmcore_then_exits() {
-    let dir = dump_dir("destroy");
+/// Boots 2 vCPUs under a coredump `action` with a fresh dump directory,
+/// panics the guest and waits for the VMM to say where the vmcore went.
+fn panic_under_coredump(action: &str) -> (Vm, PathBuf) {
+    let dir = dump_dir(action);
     let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
     let mut vm = boot_with(
-        "coredump-destroy",
+        action,
         2,
-        "coredump-destroy",
+        action,
         "unknown_nmi_panic",
         &["--dump-dir", &dir_arg],
     );
@@ -276,6 +277,12 @@ fn coredump_destroy_writes_a_vmcore_then_exits() {
     vm.panic_guest();
     let line = vm.process.wait_for_vmm("vmcore written to");
     assert!(line.contains(&dir_arg), "{line}");
+    (vm, dir)
+}
+
+#[test]
+fn coredump_destroy_writes_a_vmcore_then_exits() {
+    let (mut vm, dir) = panic_under_coredump("coredump-destroy");
     assert_eq!(vm.process.wait_exit(DEFAULT_TIMEOUT), 0);
     check_panic_vmcore(&dir, 2);
     let _ = std::fs::remove_dir_all(&dir);
@@ -283,19 +290,7 @@ fn coredump_destroy_writes_a_vmcore_then_exits() {
 
 #[test]
 fn coredump_restart_writes_a_vmcore_then_boots_again() {
-    let dir = dump_dir("restart");
-    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
-    let mut vm = boot_with(
-        "coredump-restart",
-        2,
-        "coredump-restart",
-        "unknown_nmi_panic",
-        &["--dump-dir", &dir_arg],
-    );
-    // The guest registers VMCOREINFO after its summary line.
-    vm.process.wait_for_guest("vmcoreinfo: note at");
-    vm.panic_guest();
-    vm.process.wait_for_vmm("vmcore written to");
+    let (mut vm, dir) = panic_under_coredump("coredump-restart");
     vm.event("RESET");
     vm.process.wait_for_guest(&summary(2));
     assert_eq!(vm.status()["status"], "running");
