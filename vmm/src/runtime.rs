@@ -1252,6 +1252,34 @@ mod tests {
         vmm
     }
 
+    /// A test guest running on its own thread.
+    struct Running {
+        handle: VmmHandle,
+        /// Subscribed before the guest started.
+        events: Receiver<Notification>,
+        result: Receiver<Result<ExitReason, Error>>,
+    }
+
+    /// Boots `cfg` with its serial output captured, on its own thread, and
+    /// returns once the guest printed `first_line`.
+    fn run_until(cfg: VmConfig, first_line: &str) -> Running {
+        let (tx, rx) = channel();
+        let vmm = new_vmm(VmConfig {
+            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
+            ..cfg
+        })
+        .unwrap();
+        let handle = vmm.handle();
+        let events = handle.subscribe();
+        let result = spawn(vmm);
+        wait_for_line(&rx, first_line);
+        Running {
+            handle,
+            events,
+            result,
+        }
+    }
+
     /// Runs `vmm` on its own thread; returns its result channel.
     fn spawn(vmm: Vmm) -> Receiver<Result<ExitReason, Error>> {
         let (tx, rx) = channel();
@@ -1307,16 +1335,13 @@ mod tests {
 
     #[test]
     fn serial_output_and_stop_from_another_thread() {
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            cpus: 4,
-            ..config("hello", &hello_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "H\n");
+        let Running { handle, result, .. } = run_until(
+            VmConfig {
+                cpus: 4,
+                ..config("hello", &hello_code())
+            },
+            "H\n",
+        );
         handle.stop();
         assert_eq!(
             result.recv_timeout(WAIT).unwrap().unwrap(),
@@ -1327,15 +1352,8 @@ mod tests {
 
     #[test]
     fn string_port_output_reaches_the_serial() {
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            ..config("rep-outsb", &rep_outsb_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "S!\n");
+        let Running { handle, result, .. } =
+            run_until(config("rep-outsb", &rep_outsb_code()), "S!\n");
         handle.stop();
         assert_eq!(
             result.recv_timeout(WAIT).unwrap().unwrap(),
@@ -1345,17 +1363,17 @@ mod tests {
 
     #[test]
     fn pause_resume_and_status() {
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            cpus: 2,
-            ..config("pause", &hello_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let events = handle.subscribe();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "H\n");
+        let Running {
+            handle,
+            events,
+            result,
+        } = run_until(
+            VmConfig {
+                cpus: 2,
+                ..config("pause", &hello_code())
+            },
+            "H\n",
+        );
         handle.pause().unwrap();
         let status = handle.status().unwrap();
         assert_eq!(status.state, RunState::Paused);
@@ -1376,15 +1394,8 @@ mod tests {
 
     #[test]
     fn power_button_is_seen_when_the_guest_enabled_it() {
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            ..config("pwrbtn", &power_button_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "H\n");
+        let Running { handle, result, .. } =
+            run_until(config("pwrbtn", &power_button_code()), "H\n");
         assert_eq!(handle.power_button(), Ok(true));
         handle.stop();
         assert_eq!(
@@ -1397,15 +1408,7 @@ mod tests {
     fn nmi_reaches_the_guest() {
         // The guest has no IDT, so an NMI escalates to a triple fault: proof
         // that KVM_NMI was delivered (from the vCPU's own thread).
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            ..config("nmi", &hello_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "H\n");
+        let Running { handle, result, .. } = run_until(config("nmi", &hello_code()), "H\n");
         handle.inject_nmi().unwrap();
         match result.recv_timeout(WAIT).unwrap().unwrap() {
             ExitReason::GuestFault { vcpu, reason, .. } => {
@@ -1678,16 +1681,11 @@ mod tests {
 
     #[test]
     fn a_stop_during_a_detached_dump_waits_for_the_file() {
-        let (tx, rx) = channel();
-        let vmm = new_vmm(VmConfig {
-            serial: SerialOutput::Writer(Box::new(ChannelWriter(tx))),
-            ..config("dump-stop", &hello_code())
-        })
-        .unwrap();
-        let handle = vmm.handle();
-        let events = handle.subscribe();
-        let result = spawn(vmm);
-        wait_for_line(&rx, "H\n");
+        let Running {
+            handle,
+            events,
+            result,
+        } = run_until(config("dump-stop", &hello_code()), "H\n");
         let path =
             std::env::temp_dir().join(format!("vmm-test-{}-dump-stop.elf", std::process::id()));
         let request = crate::dump::DumpRequest {
