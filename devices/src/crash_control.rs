@@ -28,6 +28,7 @@ use guest_abi::pv::{INVALID_READ, REGISTER_WIDTH};
 pub use guest_abi::pv::crash::{CrashType, CrashTypeInfo};
 
 use crate::bus::{Access, BusDevice, VcpuId};
+use crate::pv_regs;
 use crate::{EventSink, VmEvent};
 
 /// Length of the register block in port space.
@@ -208,11 +209,12 @@ impl CrashControl {
     }
 
     fn bad_access(&mut self, access: Access, len: usize, what: &str) {
-        self.counters.bad_accesses += 1;
-        log::warn!(
-            "crash-control: vCPU {} {what} {len} bytes at offset {:#x}, ignored",
-            access.vcpu,
-            access.offset
+        pv_regs::ignored(
+            &mut self.counters.bad_accesses,
+            "crash-control",
+            access,
+            len,
+            what,
         );
     }
 
@@ -260,7 +262,7 @@ impl BusDevice for CrashControl {
     }
 
     fn write(&mut self, access: Access, data: &[u8]) {
-        let Ok(bytes) = <[u8; REGISTER_WIDTH]>::try_from(data) else {
+        let Some(step) = pv_regs::write_value(data) else {
             self.bad_access(access, data.len(), "wrote");
             return;
         };
@@ -271,7 +273,6 @@ impl BusDevice for CrashControl {
         let Some(cpu) = self.vcpu_index(access) else {
             return;
         };
-        let step = u32::from_le_bytes(bytes);
         let v = &mut self.vcpus[cpu];
         v.last_ack = Some(step);
         v.acks += 1;

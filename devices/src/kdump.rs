@@ -33,6 +33,7 @@ use guest_abi::pv::kdump::{
 use guest_abi::pv::{INVALID_READ, REGISTER_WIDTH};
 
 use crate::bus::{Access, BusDevice, VcpuId};
+use crate::pv_regs;
 use crate::{EventSink, VmEvent};
 
 /// Length of the register block in port space.
@@ -252,12 +253,7 @@ impl Kdump {
     }
 
     fn bad_access(&mut self, access: Access, len: usize, what: &str) {
-        self.counters.bad_accesses += 1;
-        log::warn!(
-            "kdump: vCPU {} {what} {len} bytes at offset {:#x}, ignored",
-            access.vcpu,
-            access.offset
-        );
+        pv_regs::ignored(&mut self.counters.bad_accesses, "kdump", access, len, what);
     }
 }
 
@@ -285,17 +281,16 @@ impl BusDevice for Kdump {
     }
 
     fn write(&mut self, access: Access, data: &[u8]) {
-        let Ok(bytes) = <[u8; REGISTER_WIDTH]>::try_from(data) else {
+        let Some(value) = pv_regs::write_value(data) else {
             self.bad_access(access, data.len(), "wrote");
             return;
         };
-        let value = u64::from(u32::from_le_bytes(bytes));
         match access.offset {
-            ARG0_LO => self.arg0 = (self.arg0 & !0xffff_ffff) | value,
-            ARG0_HI => self.arg0 = (self.arg0 & 0xffff_ffff) | (value << 32),
-            ARG1_LO => self.arg1 = (self.arg1 & !0xffff_ffff) | value,
-            ARG1_HI => self.arg1 = (self.arg1 & 0xffff_ffff) | (value << 32),
-            CMD => self.execute(value as u32, access.vcpu),
+            ARG0_LO => self.arg0 = pv_regs::with_low(self.arg0, value),
+            ARG0_HI => self.arg0 = pv_regs::with_high(self.arg0, value),
+            ARG1_LO => self.arg1 = pv_regs::with_low(self.arg1, value),
+            ARG1_HI => self.arg1 = pv_regs::with_high(self.arg1, value),
+            CMD => self.execute(value, access.vcpu),
             _ => self.bad_access(access, data.len(), "wrote"),
         }
     }

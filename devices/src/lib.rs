@@ -12,6 +12,7 @@ pub mod crash_control;
 pub mod guest_ram;
 pub mod kdump;
 pub mod pm_timer;
+mod pv_regs;
 pub mod pv_vmx;
 pub mod pvpanic;
 pub mod reset;

@@ -38,6 +38,7 @@ use guest_abi::pv::{INVALID_READ, REGISTER_WIDTH};
 
 use crate::bus::{Access, BusDevice, VcpuId};
 use crate::guest_ram::GuestRam;
+use crate::pv_regs;
 
 /// Length of the register block in port space.
 pub const PV_VMX_LEN: u64 = guest_abi::ports::PV_VMX_LEN as u64;
@@ -516,7 +517,7 @@ impl PvVmx {
         }
         let old = vmcs.fields.get(&full).copied().unwrap_or(0);
         let value = if encoding & field::ACCESS_HIGH != 0 {
-            (old & 0xffff_ffff) | (arg << 32)
+            pv_regs::with_high(old, arg as u32)
         } else {
             truncate(full, arg)
         };
@@ -598,12 +599,7 @@ impl PvVmx {
     }
 
     fn bad_access(&mut self, access: Access, len: usize, what: &str) {
-        self.counters.bad_accesses += 1;
-        log::warn!(
-            "pv-vmx: vCPU {} {what} {len} bytes at offset {:#x}, ignored",
-            access.vcpu,
-            access.offset
-        );
+        pv_regs::ignored(&mut self.counters.bad_accesses, "pv-vmx", access, len, what);
     }
 }
 
@@ -648,11 +644,10 @@ impl BusDevice for PvVmx {
     }
 
     fn write(&mut self, access: Access, data: &[u8]) {
-        let Ok(bytes) = <[u8; REGISTER_WIDTH]>::try_from(data) else {
+        let Some(value) = pv_regs::write_value(data) else {
             self.bad_access(access, data.len(), "wrote");
             return;
         };
-        let value = u32::from_le_bytes(bytes);
         if !matches!(access.offset, ARG_LO | ARG_HI | FIELD | COMMAND) {
             self.bad_access(access, data.len(), "wrote");
             return;
@@ -662,8 +657,8 @@ impl BusDevice for PvVmx {
         };
         let v = &mut self.vcpus[cpu];
         match access.offset {
-            ARG_LO => v.arg = (v.arg & !0xffff_ffff) | u64::from(value),
-            ARG_HI => v.arg = (v.arg & 0xffff_ffff) | (u64::from(value) << 32),
+            ARG_LO => v.arg = pv_regs::with_low(v.arg, value),
+            ARG_HI => v.arg = pv_regs::with_high(v.arg, value),
             FIELD => v.field = value,
             _ => self.execute(cpu, value),
         }

@@ -31,6 +31,7 @@ use guest_abi::pv::{INVALID_READ, REGISTER_WIDTH};
 
 use crate::bus::{Access, BusDevice};
 use crate::guest_ram::{GuestRam, GuestRamError};
+use crate::pv_regs;
 use crate::{EventSink, VmEvent};
 
 /// Length of the register block in port space.
@@ -192,11 +193,12 @@ impl Vmcoreinfo {
     }
 
     fn bad_access(&mut self, access: Access, len: usize, what: &str) {
-        self.counters.bad_accesses += 1;
-        log::warn!(
-            "vmcoreinfo: vCPU {} {what} {len} bytes at offset {:#x}, ignored",
-            access.vcpu,
-            access.offset
+        pv_regs::ignored(
+            &mut self.counters.bad_accesses,
+            "vmcoreinfo",
+            access,
+            len,
+            what,
         );
     }
 }
@@ -249,14 +251,13 @@ impl BusDevice for Vmcoreinfo {
     }
 
     fn write(&mut self, access: Access, data: &[u8]) {
-        let Ok(bytes) = <[u8; REGISTER_WIDTH]>::try_from(data) else {
+        let Some(value) = pv_regs::write_value(data) else {
             self.bad_access(access, data.len(), "wrote");
             return;
         };
-        let value = u32::from_le_bytes(bytes);
         match access.offset {
-            PADDR_LO => self.paddr = (self.paddr & !0xffff_ffff) | u64::from(value),
-            PADDR_HI => self.paddr = (self.paddr & 0xffff_ffff) | (u64::from(value) << 32),
+            PADDR_LO => self.paddr = pv_regs::with_low(self.paddr, value),
+            PADDR_HI => self.paddr = pv_regs::with_high(self.paddr, value),
             SIZE => self.size = value,
             FORMAT => self.commit(value, access.vcpu),
             _ => self.bad_access(access, data.len(), "wrote"),
