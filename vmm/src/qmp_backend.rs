@@ -138,9 +138,6 @@ impl QmpBackend for Backend<'_> {
     /// `panic` and `reboot` are applied; `shutdown: pause` and `watchdog`
     /// are refused. Nothing changes unless everything is accepted.
     fn set_action(&mut self, args: SetAction) -> QmpResult<()> {
-        if let Some(action) = args.panic {
-            crate::vmcore_hooks::check_panic_action(action).map_err(CommandError::generic)?;
-        }
         if args.shutdown == Some(ShutdownAction::Pause) {
             return Err(CommandError::generic(
                 "shutdown action 'pause' is not supported: a guest shutdown ends the VMM",
@@ -152,9 +149,7 @@ impl QmpBackend for Backend<'_> {
             ));
         }
         if let Some(action) = args.panic {
-            self.vmm
-                .set_panic_action(action)
-                .map_err(CommandError::generic)?;
+            self.vmm.set_panic_action(action);
         }
         match args.reboot {
             Some(RebootAction::Reset) => self.vmm.set_on_reboot(OnReboot::Restart),

@@ -113,9 +113,6 @@ pub enum Error {
     /// The mailbox EventFd could not be created.
     #[error("creating the control eventfd failed")]
     Mailbox(#[source] std::io::Error),
-    /// The panic action cannot be used (yet).
-    #[error("--on-panic: {0}")]
-    PanicAction(String),
     /// The QMP socket could not be served.
     #[error("cannot serve QMP")]
     Qmp(#[source] qmp::ServerError),
@@ -133,7 +130,6 @@ impl Error {
             | Error::NotKvm(_)
             | Error::KernelRead { .. }
             | Error::SerialOpen { .. }
-            | Error::PanicAction(_)
             | Error::Qmp(_)
             | Error::Vm(VmError::Boot(_)) => exit_code::BAD_INPUT,
             _ => exit_code::VMM_ERROR,
@@ -354,7 +350,6 @@ impl Vmm {
                 max,
             });
         }
-        crate::vmcore_hooks::check_panic_action(cfg.on_panic).map_err(Error::PanicAction)?;
         let serial = SharedWriter(Arc::new(Mutex::new(serial_writer(cfg.serial)?)));
         let mailbox = Arc::new(Mailbox::new().map_err(Error::Mailbox)?);
         let spec = VmSpec {
@@ -719,11 +714,9 @@ impl Vmm {
         }
     }
 
-    /// Sets the panic action, unless it is unavailable.
-    pub(crate) fn set_panic_action(&mut self, action: qmp::PanicAction) -> Result<(), String> {
-        crate::vmcore_hooks::check_panic_action(action)?;
+    /// Sets what a guest panic does from now on.
+    pub(crate) fn set_panic_action(&mut self, action: qmp::PanicAction) {
         self.on_panic = action;
-        Ok(())
     }
 
     /// A pvpanic event: log it, report it, apply the panic action.
@@ -871,7 +864,8 @@ impl Vmm {
                 Ok(None)
             }
             Message::SetPanicAction(action, reply) => {
-                let _ = reply.send(self.set_panic_action(action).map_err(ControlError::Failed));
+                self.set_panic_action(action);
+                let _ = reply.send(Ok(()));
                 Ok(None)
             }
             Message::InjectCrash(name, cpu, reply) => {
