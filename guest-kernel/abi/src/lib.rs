@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod elfnote;
+pub mod kexec;
 pub mod ports;
 pub mod pv;
 pub mod pvh;
