@@ -842,6 +842,25 @@ mod tests {
         v
     }
 
+    /// `vmm vmcore check|info FILE`, in process: exit code and stdout.
+    fn vmcore_cli(check: bool, file: &Path) -> (i32, String) {
+        use crate::vmcore_cmd::{run, VmcoreCommand};
+        let file = file.to_path_buf();
+        let cmd = if check {
+            VmcoreCommand::Check { file, json: false }
+        } else {
+            VmcoreCommand::Info {
+                file,
+                kernel: None,
+                json: false,
+            }
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(&cmd, &mut out, &mut err);
+        assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+        (code, String::from_utf8(out).unwrap())
+    }
+
     fn stop(handle: &crate::VmmHandle, result: &Receiver<Result<ExitReason, crate::Error>>) {
         handle.stop();
         assert_eq!(
@@ -915,7 +934,15 @@ mod tests {
         assert_eq!(&b, &code[..4]);
         let report = vmcore::check(&core, &vmcore::CheckOptions::default());
         assert!(report.ok, "{}", report.render());
-        assert_eq!(vmcore::info(&core, None).kind, "kdump");
+        let (code, out) = vmcore_cli(true, path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_OK, "{out}");
+        assert!(out.contains("OK: every check passed"), "{out}");
+        let (code, out) = vmcore_cli(false, path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_OK, "{out}");
+        assert!(
+            out.contains(&format!("dump: kdump (elfcorehdr at {ELFCOREHDR:#x})")),
+            "{out}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -945,6 +972,9 @@ mod tests {
             "{:?}",
             report.failures
         );
+        let (code, out) = vmcore_cli(true, &path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_CHECK_FAILED, "{out}");
+        assert!(out.contains("1 failure(s):\n  vcpu 1: guest_note"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
