@@ -1208,6 +1208,73 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The real first kernel crashes and hands over; the test then plays
+    /// the capture kernel and reports VMCORE_READY for the first kernel's
+    /// own elfcorehdr through the kdump device's registers.
+    #[test]
+    fn the_embedded_guests_elfcorehdr_makes_a_checkable_kdump_vmcore() {
+        use devices::BusDevice;
+        let mut vmm = Vmm::new(VmConfig {
+            cpus: 2,
+            cmdline: "crashkernel=64M crash_after_boot=PANIC@1".into(),
+            ..VmConfig::default()
+        })
+        .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("vmm-test-{}-kdump-embedded", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        vmm.set_dump_dir(dir.clone());
+        let events = vmm.handle().subscribe();
+        let device = vmm.vm().devices().kdump.clone();
+        let memory = vmm.vm().memory().clone();
+        let (handle, result) = spawn(vmm);
+        let (elfcorehdr, _) = wait_for(&events, |n| match n {
+            Notification::Guest(VmEvent::KexecHandover { elfcorehdr, .. }) => Some(*elfcorehdr),
+            _ => None,
+        });
+        let mut phnum = [0u8; 2];
+        memory
+            .read_slice(&mut phnum, GuestAddress(elfcorehdr + 56))
+            .unwrap();
+        let size = 64 + 56 * u64::from(u16::from_le_bytes(phnum));
+        let reg = |offset: u64, value: u64| {
+            let access = devices::Access {
+                base: u64::from(guest_abi::ports::KDUMP),
+                offset,
+                vcpu: 1,
+            };
+            device
+                .lock()
+                .unwrap()
+                .write(access, &(value as u32).to_le_bytes());
+        };
+        reg(ARG0_LO, elfcorehdr);
+        reg(ARG0_HI, elfcorehdr >> 32);
+        reg(ARG1_LO, size);
+        reg(ARG1_HI, 0);
+        reg(CMD, u64::from(cmd::VMCORE_READY));
+        let ((path, guest_notes), seen) = wait_for(&events, |n| match n {
+            Notification::KdumpCompleted { path, guest_notes } => {
+                Some((path.clone(), *guest_notes))
+            }
+            _ => None,
+        });
+        assert!(!seen.iter().any(|n| fallback(n).is_some()), "{seen:?}");
+        stop(&handle, &result);
+        assert_eq!(guest_notes, 3, "2 crash notes + VMCOREINFO");
+        let core = vmcore::Vmcore::open(&path).unwrap();
+        let marker = core.kdump_note().unwrap();
+        assert_eq!(
+            (marker.elfcorehdr, marker.elfcorehdr_len),
+            (elfcorehdr, size)
+        );
+        let report = vmcore::check(&core, &vmcore::CheckOptions::default());
+        assert!(report.ok, "{}", report.render());
+        assert_eq!(files_in(&dir), vec![path]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn guest_events_arm_and_disarm_the_watchdog() {
         let mut k = KdumpState::new().unwrap();
