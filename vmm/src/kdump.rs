@@ -470,6 +470,7 @@ struct Written {
 
 /// VMCORE_READY: write the vmcore from the guest's header, or fall back.
 fn write_kdump_vmcore(vmm: &mut Vmm, vcpu: u32, elfcorehdr: u64, size: u64) {
+    vmm.settle_active_dump();
     let was_running = vmm.state() == RunState::Running;
     let path = vmm.dump_dir().join(kdump_dump_name());
     let result = capture_and_write(vmm, &path, elfcorehdr, size);
@@ -520,6 +521,7 @@ fn capture_and_write(
     size: u64,
 ) -> Result<Written, KdumpError> {
     if vmm.dump_in_progress() {
+        // settle_active_dump ran first: only a bug gets here.
         return Err(KdumpError::Capture(DumpError::Busy));
     }
     if size > MAX_ELFCOREHDR_SIZE {
@@ -583,6 +585,7 @@ fn fall_back(vmm: &mut Vmm, reason: FallbackReason) {
     }
     let text = reason.to_string();
     eprintln!("vmm: kdump: falling back to a host-side dump: {text}");
+    vmm.settle_active_dump();
     let path = vmm.dump_dir().join(dump::unique_dump_name());
     let result = vmm
         .dump_blocking(DumpRequest::new(&path), true)
@@ -1272,6 +1275,59 @@ mod tests {
         let report = vmcore::check(&core, &vmcore::CheckOptions::default());
         assert!(report.ok, "{}", report.render());
         assert_eq!(files_in(&dir), vec![path]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A detached `dump-guest-memory` still running when VMCORE_READY is
+    /// handled (both are in the main loop's first batch, so its
+    /// DumpFinished cannot have been handled): it is finished first, and
+    /// the kdump vmcore is not refused as busy.
+    #[test]
+    fn a_detached_dump_in_progress_is_finished_before_the_kdump_vmcore() {
+        let Setup { vmm, dir, events } = setup("settle", 1, &halt(), qmp::PanicAction::Poweroff);
+        let len = leave_crash_data(&vmm, 1, &[0]);
+        let host = dir.join("host.elf");
+        let (reply, replies) = std::sync::mpsc::channel();
+        vmm.mailbox.post(Message::Dump {
+            request: DumpRequest {
+                path: host.clone(),
+                paging: true,
+                detach: true,
+            },
+            reply,
+        });
+        let sink = crate::control::MailboxSink {
+            mailbox: vmm.mailbox.clone(),
+            generation: 0,
+        };
+        devices::EventSink::emit(
+            &sink,
+            VmEvent::VmcoreReady {
+                vcpu: 0,
+                elfcorehdr: ELFCOREHDR,
+                size: len,
+            },
+        );
+        let (handle, result) = spawn(vmm);
+        let (path, seen) = wait_for(&events, |n| match n {
+            Notification::KdumpCompleted { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        assert!(matches!(replies.recv_timeout(WAIT), Ok(Ok(None))));
+        let done: Vec<(&PathBuf, bool)> = seen
+            .iter()
+            .filter_map(|n| match n {
+                Notification::DumpCompleted { path, result } => Some((path, result.is_ok())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, vec![(&host, true), (&path, true)], "{seen:?}");
+        stop(&handle, &result);
+        assert_eq!(files_in(&dir), {
+            let mut v = vec![host, path];
+            v.sort();
+            v
+        });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
