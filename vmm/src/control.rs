@@ -101,6 +101,25 @@ pub enum Notification {
         /// The outcome.
         result: Result<vmcore::DumpStats, String>,
     },
+    /// The VMM wrote a kdump vmcore from the guest's elfcorehdr (QMP
+    /// `KDUMP_COMPLETED`; a `DumpCompleted` for the same path came first).
+    KdumpCompleted {
+        /// The vmcore.
+        path: std::path::PathBuf,
+        /// Notes the guest's elfcorehdr contributed (crash notes, VMCOREINFO).
+        guest_notes: u64,
+    },
+    /// kdump could not deliver a vmcore, so the VMM wrote a host-side dump
+    /// instead (QMP `KDUMP_FALLBACK`; see [`crate::kdump`]).
+    KdumpFallback {
+        /// Why, as one precise line (the parser's error, the guest's reason
+        /// code, or the watchdog's timeout).
+        reason: String,
+        /// The host-side vmcore.
+        path: std::path::PathBuf,
+        /// Whether it was written (the error chain if not).
+        result: Result<(), String>,
+    },
 }
 
 /// A message to the main loop.
@@ -141,6 +160,10 @@ pub(crate) enum Message {
     Vmcoreinfo(Sender<Result<Option<(u64, u32)>, ControlError>>),
     /// A QMP command, to run on the main loop.
     Qmp(qmp::PendingRequest),
+    /// The kdump watchdog armed as `seq` expired.
+    KdumpWatchdog {
+        seq: u64,
+    },
 }
 
 /// The queue between every other thread and the main loop.
@@ -183,6 +206,19 @@ impl Mailbox {
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
             .collect()
+    }
+
+    /// Removes the dump worker's result from the queue, leaving every other
+    /// message in its order.
+    pub(crate) fn take_dump_finished(&self) -> Option<Result<vmcore::DumpStats, DumpError>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let at = queue
+            .iter()
+            .position(|m| matches!(m, Message::DumpFinished { .. }))?;
+        match queue.remove(at) {
+            Some(Message::DumpFinished { result }) => Some(result),
+            _ => None,
+        }
     }
 
     /// Refuses further requests and drops queued ones (their reply
@@ -412,6 +448,26 @@ mod tests {
         }
         mailbox.close();
         assert_eq!(t.join().unwrap(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn the_dump_result_is_taken_out_of_order() {
+        let mailbox = Mailbox::new().unwrap();
+        assert!(mailbox.take_dump_finished().is_none());
+        mailbox.post(Message::Stop);
+        mailbox.post(Message::DumpFinished {
+            result: Err(DumpError::Busy),
+        });
+        mailbox.post(Message::Reset);
+        assert!(matches!(
+            mailbox.take_dump_finished(),
+            Some(Err(DumpError::Busy))
+        ));
+        let rest = mailbox.take_all();
+        assert!(
+            matches!(rest[..], [Message::Stop, Message::Reset]),
+            "{rest:?}"
+        );
     }
 
     #[test]
