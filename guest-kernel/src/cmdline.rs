@@ -1,117 +1,16 @@
 //! The kernel command line, parsed the way Linux's `next_arg()` does.
 //!
-//! Parameters are separated by spaces; each is `key` or `key=value`. Double
-//! quotes group spaces (`key="a b"` or `"key=a b"`) and are stripped from the
-//! value. As in Linux, `-` and `_` are the same in a key. Parsing works on
-//! bytes (no UTF-8 validation, which is precompiled SSE code in `core`).
+//! The splitting itself (quotes, `-`/`_` equal in keys, numbers) lives in
+//! `guest_abi::cmdline`, so the VMM splits the line the same way when it
+//! writes the capture kernel's; this module interprets the parameters.
 
-/// One `key` or `key=value` parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Param<'a> {
-    /// The name, quotes stripped.
-    pub key: &'a [u8],
-    /// The value after the first `=`, quotes stripped; `None` for a bare key.
-    pub value: Option<&'a [u8]>,
-}
-
-/// Iterator over the parameters of a command line.
-#[derive(Clone, Debug)]
-pub struct Params<'a> {
-    rest: &'a [u8],
-}
+pub use guest_abi::cmdline::{key_eq, params, parse_u64, Param, Params};
 
 use guest_abi::pv::crash::{CrashType, CRASH_TYPES};
 
 use crate::capture::FinalAction;
 use crate::crashkernel::{self, CrashKernelSpec};
 use crate::panic_policy::{PanicConfig, Policy};
-
-/// The parameters of `cmdline` (which ends at its first NUL, if any).
-pub fn params(cmdline: &[u8]) -> Params<'_> {
-    let end = cmdline
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(cmdline.len());
-    Params {
-        rest: cmdline.get(..end).unwrap_or(&[]),
-    }
-}
-
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn strip_quotes(s: &[u8]) -> &[u8] {
-    let s = s.strip_prefix(b"\"").unwrap_or(s);
-    s.strip_suffix(b"\"").unwrap_or(s)
-}
-
-impl<'a> Iterator for Params<'a> {
-    type Item = Param<'a>;
-
-    fn next(&mut self) -> Option<Param<'a>> {
-        let start = self.rest.iter().position(|&b| !is_space(b))?;
-        let arg = self.rest.get(start..)?;
-        let mut in_quote = false;
-        let mut equals = None;
-        let mut end = arg.len();
-        for (i, &b) in arg.iter().enumerate() {
-            if is_space(b) && !in_quote {
-                end = i;
-                break;
-            }
-            if equals.is_none() && b == b'=' {
-                equals = Some(i);
-            }
-            if b == b'"' {
-                in_quote = !in_quote;
-            }
-        }
-        let word = arg.get(..end)?;
-        self.rest = arg.get(end..).unwrap_or(&[]);
-        Some(match equals {
-            None => Param {
-                key: strip_quotes(word),
-                value: None,
-            },
-            Some(eq) => Param {
-                key: strip_quotes(word.get(..eq)?),
-                value: Some(strip_quotes(word.get(eq + 1..)?)),
-            },
-        })
-    }
-}
-
-/// Whether parameter name `a` equals `b`, with `-` and `_` the same.
-pub fn key_eq(a: &[u8], b: &[u8]) -> bool {
-    let norm = |c: u8| if c == b'-' { b'_' } else { c };
-    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| norm(x) == norm(y))
-}
-
-/// Parses a decimal or `0x` hexadecimal unsigned number.
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
-    let (digits, radix) = match s.strip_prefix(b"0x").or_else(|| s.strip_prefix(b"0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &b in digits {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        } as u64;
-        if d >= radix {
-            return None;
-        }
-        value = value.checked_mul(radix)?.checked_add(d)?;
-    }
-    Some(value)
-}
 
 /// What the boot CPU does after printing the `CPUs online` summary
 /// (`post_boot=`; our knob, used by the VMM's tests).
