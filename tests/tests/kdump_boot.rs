@@ -266,3 +266,22 @@ fn scribbled_elfcorehdr_magic_is_refused_by_the_capture_kernel() {
     run.wait_for_line("kdump: final action halt");
     let _ = run.stop();
 }
+
+#[test]
+fn scribbled_elfcorehdr_load_passes_the_guest_and_reaches_the_vmm() {
+    // The capture kernel checks the header's own fields, not the PT_LOAD
+    // ranges: a 1 TiB PT_LOAD goes to the VMM in VMCORE_READY, whose
+    // hostile-input parser must refuse it.
+    let mut run = boot("elfcorehdr_scribble=load kdump_final_action=halt");
+    let (hdr, panic_at) = up_to_the_panic(&mut run);
+    assert!(
+        run.transcript()
+            .iter()
+            .any(|l| l == "kexec: elfcorehdr_scribble=load applied (test only)"),
+        "{:#?}",
+        run.transcript()
+    );
+    capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
+    run.wait_for_line("kdump: final action halt");
+    let _ = run.stop();
+}
