@@ -153,6 +153,19 @@ fn bytes_in(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("no size in {line:?}"))
 }
 
+/// The pvpanic notifier (which writes CRASH_LOADED) ran on the panicking
+/// CPU before it jumped: its console lines say so, in order. (The pvpanic
+/// log itself is checked whole once the capture kernel powered off.)
+fn crash_loaded_before_the_jump(run: &GuestRun) {
+    let at = |needle: &str| {
+        run.transcript()
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?}"))
+    };
+    assert!(at("panic: notifier pvpanic (hypervisor)") < at("kexec: jumping to capture kernel"));
+}
+
 fn pvpanic_events(run: &GuestRun) -> Vec<u32> {
     run.handle()
         .pvpanic_log()
@@ -187,11 +200,6 @@ fn kdump_first_every_cpu_saved_and_pvpanic_silent() {
     eprintln!("kdump_first: {took:?}");
     let digest = run.transcript().iter().find(|l| l.contains("digest ok"));
     eprintln!("kdump_first: {digest:?}");
-    assert!(
-        pvpanic_events(&run).is_empty(),
-        "{:?}",
-        pvpanic_events(&run)
-    );
     powers_off(run, &[]);
 }
 
@@ -202,8 +210,7 @@ fn post_notifiers_one_crash_loaded_then_capture() {
     run.wait_for_line("panic: notifier pvpanic (hypervisor)");
     let took = capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
     eprintln!("post_notifiers: {took:?}");
-    // Exactly one CRASH_LOADED, before the capture kernel started.
-    assert_eq!(pvpanic_events(&run), [u32::from(PVPANIC_CRASH_LOADED)]);
+    crash_loaded_before_the_jump(&run);
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
@@ -212,7 +219,7 @@ fn post_notifiers_2016_capture_sees_only_the_panicking_cpu() {
     let mut run = boot("panic_policy=linux-2016 crash_kexec_post_notifiers");
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     capture(&mut run, hdr, panic_at, &[TARGET]);
-    assert_eq!(pvpanic_events(&run), [u32::from(PVPANIC_CRASH_LOADED)]);
+    crash_loaded_before_the_jump(&run);
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
