@@ -200,7 +200,7 @@ extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
     if capture {
         cpu_online_line(0, bsp_apic);
         smp::mark_online(0);
-        kdump::capture_main(&config);
+        kdump::capture_main(&config, from_kexec != 0);
     }
     reserve_crashkernel(&boot, &config);
 
