@@ -1,4 +1,6 @@
-//! The guest kernel: PVH boot, SMP bring-up through ACPI, then idle.
+//! The guest kernel: PVH boot, SMP bring-up through ACPI, then idle. The
+//! same image is also the kdump capture kernel (`kdump.rs`), entered through
+//! `kexec_entry64` (boot.rs).
 //!
 //! Serial lines, in order (see the crate README for the contract):
 //! `guest-kernel: PVH boot`, `Command line: ...`, `tsc: <khz> kHz (<src>)`,
