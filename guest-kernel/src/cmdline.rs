@@ -8,6 +8,7 @@ pub use guest_abi::cmdline::{key_eq, params, parse_u64, Param, Params};
 
 use guest_abi::pv::crash::{CrashType, CRASH_TYPES};
 
+use crate::capture::FinalAction;
 use crate::crashkernel::{self, CrashKernelSpec};
 use crate::panic_policy::{PanicConfig, Policy};
 
@@ -33,6 +34,8 @@ pub struct BootConfig {
     pub post_boot: PostBoot,
     /// The panic-path knobs.
     pub panic: PanicKnobs,
+    /// The kdump knobs (capture mode and the test-only faults).
+    pub kdump: KdumpKnobs,
     /// How many known parameters had a value we could not use (they keep
     /// their defaults; the kernel reports the count).
     pub invalid: u32,
@@ -44,6 +47,7 @@ impl Default for BootConfig {
             nr_cpus: None,
             post_boot: PostBoot::Idle,
             panic: PanicKnobs::DEFAULT,
+            kdump: KdumpKnobs::default(),
             invalid: 0,
         }
     }
@@ -114,6 +118,45 @@ impl Default for PanicKnobs {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// Test-only damage to the elfcorehdr after the first kernel prepared it
+/// (`elfcorehdr_scribble=`, ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElfcorehdrScribble {
+    /// Break `e_ident`: the capture kernel must refuse the header.
+    Magic,
+    /// Make one PT_LOAD run far beyond RAM: the capture kernel does not
+    /// check PT_LOADs, the VMM's parser must refuse it.
+    Load,
+}
+
+/// The kdump knobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KdumpKnobs {
+    /// `elfcorehdr=[SIZE@]ADDR` (Linux): the first kernel's ELF core header.
+    /// Its presence makes this the capture kernel (`is_kdump_kernel()`).
+    pub elfcorehdr: Option<u64>,
+    /// `kdump_final_action=reboot|poweroff|halt` (ours; kdump's
+    /// `final_action`). `None`: by `panic=`.
+    pub final_action: Option<FinalAction>,
+    /// `kexec_corrupt_image` (ours, test-only): flip one byte of the loaded
+    /// capture image at boot, as a stray write would.
+    pub corrupt_image: bool,
+    /// `elfcorehdr_scribble=magic|load` (ours, test-only).
+    pub scribble: Option<ElfcorehdrScribble>,
+}
+
+/// Parses Linux's `elfcorehdr=[SIZE[KMG]@]ADDR[KMG]`: the address.
+pub fn parse_elfcorehdr(value: &[u8]) -> Option<u64> {
+    let addr = match value.iter().position(|&b| b == b'@') {
+        Some(at) => {
+            crashkernel::memparse(value.get(..at)?)?;
+            value.get(at + 1..)?
+        }
+        None => value,
+    };
+    crashkernel::memparse(addr).filter(|&a| a != 0)
 }
 
 /// A Linux boolean parameter: bare key or `1/y/Y/on` true, `0/n/N/off` false.
@@ -249,6 +292,37 @@ impl BootConfig {
                 Some(v) => pk.crash_after_boot = Some(v),
                 None => return false,
             }
+        } else {
+            return self.apply_kdump(p);
+        }
+        true
+    }
+
+    /// The kdump knobs; false if known with a bad value.
+    fn apply_kdump(&mut self, p: Param<'_>) -> bool {
+        let k = |name: &str| key_eq(p.key, name.as_bytes());
+        let kd = &mut self.kdump;
+        if k("elfcorehdr") {
+            match p.value.and_then(parse_elfcorehdr) {
+                Some(v) => kd.elfcorehdr = Some(v),
+                None => return false,
+            }
+        } else if k("kdump_final_action") {
+            match p.value.and_then(FinalAction::from_bytes) {
+                Some(v) => kd.final_action = Some(v),
+                None => return false,
+            }
+        } else if k("kexec_corrupt_image") {
+            match parse_bool(p.value) {
+                Some(v) => kd.corrupt_image = v,
+                None => return false,
+            }
+        } else if k("elfcorehdr_scribble") {
+            kd.scribble = match p.value {
+                Some(b"magic") => Some(ElfcorehdrScribble::Magic),
+                Some(b"load") => Some(ElfcorehdrScribble::Load),
+                _ => return false,
+            };
         }
         true
     }
@@ -370,5 +444,40 @@ mod tests {
             ALL_CPUS
         );
         assert_eq!(parse_i64(b"30"), Some(30));
+    }
+
+    #[test]
+    fn kdump_knobs() {
+        let c = BootConfig::parse(
+            b"elfcorehdr=0xfffc000 kdump-final-action=halt kexec_corrupt_image \
+              elfcorehdr_scribble=load nr_cpus=1",
+        );
+        assert_eq!(c.invalid, 0);
+        assert_eq!(
+            c.kdump,
+            KdumpKnobs {
+                elfcorehdr: Some(0xfff_c000),
+                final_action: Some(FinalAction::Halt),
+                corrupt_image: true,
+                scribble: Some(ElfcorehdrScribble::Load),
+            }
+        );
+        assert_eq!(BootConfig::parse(b"").kdump, KdumpKnobs::default());
+        // Linux's SIZE@ADDR form and suffixes.
+        assert_eq!(parse_elfcorehdr(b"16K@0xfffc000"), Some(0xfff_c000));
+        assert_eq!(parse_elfcorehdr(b"255M"), Some(255 << 20));
+        assert_eq!(parse_elfcorehdr(b"0"), None);
+        assert_eq!(parse_elfcorehdr(b"x@0x1000"), None);
+        let bad = BootConfig::parse(
+            b"elfcorehdr= kdump_final_action=kexec elfcorehdr_scribble=all kexec_corrupt_image=2",
+        );
+        assert_eq!(bad.invalid, 4);
+        assert_eq!(bad.kdump, KdumpKnobs::default());
+        assert_eq!(
+            BootConfig::parse(b"elfcorehdr_scribble=magic")
+                .kdump
+                .scribble,
+            Some(ElfcorehdrScribble::Magic)
+        );
     }
 }

@@ -8,12 +8,13 @@
 //! policy (`panic_policy`), the kmsg ring (`kmsg`), notifier ordering
 //! (`notifier`), crash-note contents (`crashnote`), `crashkernel=`
 //! placement (`crashkernel`), the VMCOREINFO note (`vmcoreinfo`), the
-//! elfcorehdr (`elfcorehdr`) and the pv device register sequences (`pvdev`,
+//! elfcorehdr (`elfcorehdr`), the kexec descriptor checks (`kexec`), the
+//! capture kernel's elfcorehdr and note checks (`capture`) and the pv device register sequences (`pvdev`,
 //! `pvvmx`, tested against the VMM's device models).
 //!
 //! The kernel itself (`main.rs` and the modules it declares: `boot`, `arch/`,
 //! `console`, `platform`, `smp`, `time`, `power`, `mem`, `panic`, `crash`,
-//! `dump`, `lkdtm`, `pv`, `pvpanic`) runs at CPL0 and
+//! `dump`, `kexec_jump`, `kdump`, `lkdtm`, `pv`, `pvpanic`) runs at CPL0 and
 //! may not call `core::fmt` or other precompiled SSE-using code (DESIGN.md
 //! section 2). Code in this library follows the same rule: no `core::fmt`,
 //! no `str::from_utf8`, and `get()` instead of indexing so that no panic path
@@ -25,11 +26,13 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod acpi;
+pub mod capture;
 pub mod cmdline;
 pub mod crashkernel;
 pub mod crashnote;
 pub mod elfcorehdr;
 pub mod fmt;
+pub mod kexec;
 pub mod kmsg;
 pub mod memmap;
 pub mod notifier;
