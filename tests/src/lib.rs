@@ -52,6 +52,18 @@ pub struct GuestRun {
     notifications: Receiver<Notification>,
     thread: Option<JoinHandle<()>>,
     transcript: Vec<String>,
+    dump_dir: std::path::PathBuf,
+}
+
+/// A new empty directory under the system temporary directory, unique to
+/// this process and call.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("vmm-test-{}-{what}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
 }
 
 impl std::fmt::Debug for GuestRun {
@@ -69,7 +81,11 @@ impl GuestRun {
     }
 
     /// Like [`GuestRun::start`], with `setup` run on the VMM before it
-    /// starts (e.g. `set_dump_dir`, `set_kdump_timeout`).
+    /// starts (e.g. `set_dump_dir`, `set_kdump_timeout`). Every run writes
+    /// its vmcores (kdump's, fallbacks, panic actions) into its own scratch
+    /// [`GuestRun::dump_dir`] (under the system temporary directory, kept
+    /// after the run so a test can read what it wrote) unless `setup` picks
+    /// another.
     pub fn start_with(mut config: VmConfig, setup: impl FnOnce(&mut Vmm)) -> Self {
         let (line_tx, lines) = mpsc::channel();
         config.serial = SerialOutput::Writer(Box::new(LineSender {
@@ -77,6 +93,8 @@ impl GuestRun {
             tx: line_tx,
         }));
         let mut vmm = Vmm::new(config).expect("VM creation failed");
+        let dump_dir = scratch_dir("dumps");
+        vmm.set_dump_dir(dump_dir.clone());
         setup(&mut vmm);
         let handle = vmm.handle();
         let notifications = handle.subscribe();
@@ -91,7 +109,13 @@ impl GuestRun {
             notifications,
             thread: Some(thread),
             transcript: Vec::new(),
+            dump_dir,
         }
+    }
+
+    /// The scratch directory this run's vmcores go to by default.
+    pub fn dump_dir(&self) -> &std::path::Path {
+        &self.dump_dir
     }
 
     /// Boots the embedded guest with `cpus` vCPUs and guest command line `cmdline`.

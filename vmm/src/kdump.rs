@@ -1211,14 +1211,12 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The real first kernel crashes and hands over. A capture kernel (once
-    /// one is loaded) reports VMCORE_READY itself; without one the test
-    /// plays it, through the kdump device's registers, for the first
-    /// kernel's own elfcorehdr. Either way the vmcore must come from that
-    /// header and pass the checker.
+    /// The real first kernel crashes and jumps to the capture kernel the
+    /// VMM loaded, which reports VMCORE_READY for the first kernel's own
+    /// elfcorehdr: the vmcore must come from that header and pass the
+    /// checker.
     #[test]
     fn the_embedded_guests_elfcorehdr_makes_a_checkable_kdump_vmcore() {
-        use devices::BusDevice;
         let mut vmm = Vmm::new(VmConfig {
             cpus: 2,
             cmdline: "crashkernel=64M crash_after_boot=PANIC@1".into(),
@@ -1233,7 +1231,6 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         vmm.set_dump_dir(dir.clone());
         let events = vmm.handle().subscribe();
-        let device = vmm.vm().devices().kdump.clone();
         let memory = vmm.vm().memory().clone();
         let (handle, result) = spawn(vmm);
         let (elfcorehdr, _) = wait_for(&events, |n| match n {
@@ -1251,40 +1248,7 @@ mod tests {
             .read_slice(&mut phnum, GuestAddress(elfcorehdr + 56))
             .unwrap();
         let size = 64 + 56 * u64::from(u16::from_le_bytes(phnum));
-        let mut seen = Vec::new();
-        let by_guest = loop {
-            match events.recv_timeout(Duration::from_secs(3)) {
-                Ok(n) => match completed(&n) {
-                    Some(done) => break Some(done),
-                    None => seen.push(n),
-                },
-                Err(_) => break None,
-            }
-        };
-        let (path, guest_notes) = match by_guest {
-            Some(done) => done,
-            None => {
-                let reg = |offset: u64, value: u64| {
-                    let access = devices::Access {
-                        base: u64::from(guest_abi::ports::KDUMP),
-                        offset,
-                        vcpu: 1,
-                    };
-                    device
-                        .lock()
-                        .unwrap()
-                        .write(access, &(value as u32).to_le_bytes());
-                };
-                reg(ARG0_LO, elfcorehdr);
-                reg(ARG0_HI, elfcorehdr >> 32);
-                reg(ARG1_LO, size);
-                reg(ARG1_HI, 0);
-                reg(CMD, u64::from(cmd::VMCORE_READY));
-                let (done, more) = wait_for(&events, completed);
-                seen.extend(more);
-                done
-            }
-        };
+        let ((path, guest_notes), seen) = wait_for(&events, completed);
         assert!(!seen.iter().any(|n| fallback(n).is_some()), "{seen:?}");
         handle.stop();
         let end = result.recv_timeout(WAIT).unwrap().unwrap();
