@@ -29,6 +29,7 @@ pub mod cmdline;
 pub mod crashkernel;
 pub mod crashnote;
 pub mod elfcorehdr;
+pub mod fault_knobs;
 pub mod fmt;
 pub mod kmsg;
 pub mod memmap;

@@ -11,6 +11,7 @@ mod boot;
 mod console;
 mod crash;
 mod dump;
+mod faults;
 mod lkdtm;
 mod mem;
 mod panic;
@@ -140,6 +141,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
             .str(" invalid value(s)\n");
     }
 
+    faults::init(cmdline);
     panic::configure(config.panic);
     crash::init();
     lkdtm::init();
@@ -206,6 +208,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     vmx_summary(&config.panic, online);
     dump::init_vmcoreinfo();
     crash::prepare_elfcorehdr(boot.memmap(), dump::vmcoreinfo_note());
+    faults::after_boot();
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }
