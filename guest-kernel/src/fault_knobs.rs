@@ -361,8 +361,7 @@ mod tests {
         // SLP_EN through a 16-bit write at PM1a_CNT and a byte write at +1.
         assert_eq!(defang(ports::PM1A_CNT_BLK, 2, 0xffff), 0xdfff);
         assert_eq!(defang(ports::PM1A_CNT_BLK + 1, 1, 0xff), 0xdf);
-        // A 32-bit write at PM1a_EVT+2 also covers PM1a_CNT's bytes? No:
-        // it ends at 0x605 only when it starts at 0x602.
+        // A 32-bit write at PM1a_EVT+2 (0x602..=0x605) reaches SLP_EN too.
         assert_eq!(defang(ports::PM1A_EVT_BLK + 2, 4, u32::MAX), 0xdfff_ffff);
         assert_eq!(defang(ports::COM1, 4, 0xdead_beef), 0xdead_beef);
         let mut r = XorShift::new(0);

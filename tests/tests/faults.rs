@@ -16,11 +16,30 @@ use vmm::{DumpRequest, Notification, RunState, VmConfig};
 
 const CPUS: u32 = 4;
 
-fn test_dir(name: &str) -> PathBuf {
+/// A scratch directory for a test's vmcores, removed when the test passes
+/// (kept after a failure, for inspection).
+struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn test_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("vmm-faults-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
+    TestDir(dir)
 }
 
 /// Boots 4 vCPUs with `cmdline` under panic action `none` (the guest's
@@ -34,6 +53,9 @@ fn boot(cmdline: &str) -> GuestRun {
     });
     let line = run.wait_for_line("CPUs online:");
     assert!(line.contains(&summary(CPUS)), "{line:?}");
+    // Crashes injected before VMCOREINFO is registered leave dumps the
+    // checker cannot read guest notes from.
+    run.wait_for_line("vmcoreinfo: note at");
     run
 }
 
@@ -151,6 +173,7 @@ fn spawn_vmm(
     args.extend_from_slice(extra);
     let mut vm = VmmProcess::spawn(&args);
     vm.wait_for_guest(&summary(cpus));
+    vm.wait_for_guest("vmcoreinfo: note at");
     (vm, socket)
 }
 
@@ -280,7 +303,7 @@ fn a_triple_fault_under_pause_keeps_the_vm_for_inspection() {
         on_panic: qmp::PanicAction::Pause,
         ..VmConfig::default()
     });
-    run.wait_for_line("CPUs online:");
+    run.wait_for_line("vmcoreinfo: note at");
     run.handle().inject_crash("PANIC", Some(0)).expect("inject");
     run.wait_notification("pause after the fault", DEFAULT_TIMEOUT, |n| {
         matches!(n, Notification::Paused)
@@ -432,14 +455,13 @@ fn a_cpu_deaf_to_the_crash_nmi_is_named() {
 fn garbage_to_every_device_is_survived_and_a_later_crash_still_dumps() {
     let dir = test_dir("garbage");
     let mut run = boot("crash_kexec_post_notifiers fault_device_garbage=0x1234");
-    assert!(
-        run.transcript()
-            .iter()
-            .any(|l| l.contains("garbage values to every device port")),
-        "{:?}",
-        run.transcript()
-    );
-    run.wait_for_line("vmx: on 4/4 CPUs");
+    for want in ["garbage values to every device port", "vmx: on 4/4 CPUs"] {
+        assert!(
+            run.transcript().iter().any(|l| l.contains(want)),
+            "no {want:?} in {:?}",
+            run.transcript()
+        );
+    }
     run.handle().inject_crash("PANIC", Some(1)).expect("inject");
     run.wait_for_line("end Kernel panic");
     let (_, report) = dump_and_check(&run, &dir, "garbage.elf");

@@ -276,8 +276,9 @@ impl Vm {
     }
 
     /// Records the guest fault that stopped a vCPU, for this VM's dumps.
+    /// The first one is kept: later faults are often its consequences.
     pub fn record_fault(&mut self, fault: vmcore::GuestFault) {
-        self.dump_sources.fault = Some(fault);
+        self.dump_sources.fault.get_or_insert(fault);
     }
 
     /// Every vCPU's registers, each read on its own thread. The vCPUs must
