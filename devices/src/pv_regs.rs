@@ -28,12 +28,20 @@ pub(crate) fn with_high(x: u64, hi: u32) -> u64 {
 /// offset): never fatal, whatever the guest does.
 pub(crate) fn ignored(counter: &mut u64, device: &str, access: Access, len: usize, what: &str) {
     *counter += 1;
-    log::warn!(
-        "{device}: vCPU {} {what} {len} bytes at offset {:#x}, ignored",
-        access.vcpu,
-        access.offset
-    );
+    // A guest can do this in a loop: log the first few, then only at
+    // powers of two, so it cannot flood the VMM's log.
+    if *counter <= LOGGED_IN_FULL || counter.is_power_of_two() {
+        log::warn!(
+            "{device}: vCPU {} {what} {len} bytes at offset {:#x}, ignored ({} so far)",
+            access.vcpu,
+            access.offset,
+            *counter
+        );
+    }
 }
+
+/// Bad accesses per device logged one by one before [`ignored`] thins out.
+const LOGGED_IN_FULL: u64 = 8;
 
 #[cfg(test)]
 mod tests {

@@ -304,6 +304,7 @@ static SHOOTDOWN_ACKED: AtomicU64 = AtomicU64::new(0);
 /// The crash NMI callback (`kdump_nmi_callback`): save, VMX off, stop.
 fn crash_nmi_callback(frame: &TrapFrame, cpu: usize) -> ! {
     crash_save_cpu(frame, cpu);
+    crate::faults::in_crash_nmi_callback(cpu);
     pv::vmx::emergency_disable(cpu);
     set_state(cpu, CpuCrashState::SavedByNmi);
     smp::set_offline(cpu);

@@ -31,6 +31,7 @@ pub mod cmdline;
 pub mod crashkernel;
 pub mod crashnote;
 pub mod elfcorehdr;
+pub mod fault_knobs;
 pub mod fmt;
 pub mod kexec;
 pub mod kmsg;

@@ -13,6 +13,7 @@ mod boot;
 mod console;
 mod crash;
 mod dump;
+mod faults;
 mod kdump;
 mod kexec_jump;
 mod lkdtm;
@@ -152,6 +153,7 @@ extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
     // first kernel's stay the registered ones).
     let capture = from_kexec != 0 || config.kdump.elfcorehdr.is_some();
 
+    faults::init(cmdline);
     panic::configure(config.panic);
     crash::init();
     lkdtm::init();
@@ -231,6 +233,7 @@ extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
         dump::vmcoreinfo_note(),
         config.kdump.scribble,
     );
+    faults::after_boot();
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }

@@ -433,6 +433,15 @@ impl VmmProcess {
     /// Waits for the process to exit; returns its exit code (panics if it
     /// was killed by a signal or did not exit in time).
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let status = self.wait_status(timeout);
+        status
+            .code()
+            .unwrap_or_else(|| panic!("vmm killed: {status}; output:\n{}", self.transcript()))
+    }
+
+    /// Waits for the process to end, however it ended (e.g. a SIGKILL the
+    /// test sent), and collects the rest of its output.
+    pub fn wait_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let status = match self.status {
             Some(s) => s,
             None => match self.exit.recv_timeout(timeout) {
@@ -455,8 +464,6 @@ impl VmmProcess {
             self.transcript.push(l);
         }
         status
-            .code()
-            .unwrap_or_else(|| panic!("vmm killed: {status}; output:\n{}", self.transcript()))
     }
 }
 

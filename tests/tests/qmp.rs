@@ -481,14 +481,12 @@ fn bad_messages() -> Vec<String> {
 }
 
 #[test]
-fn hundreds_of_bad_messages_are_each_answered() {
+fn a_thousand_bad_messages_are_each_answered() {
     let (mut vm, socket) = start("bad-input", "1", "");
-    let messages = bad_messages();
-    assert!(
-        messages.len() >= 200,
-        "only {} bad messages",
-        messages.len()
-    );
+    let kinds = bad_messages();
+    assert!(kinds.len() >= 200, "only {} bad messages", kinds.len());
+    // 1,000 in all: the kinds over and over.
+    let messages: Vec<String> = kinds.iter().cycle().take(1000).cloned().collect();
 
     let stream = UnixStream::connect(&socket).expect("connect");
     stream
@@ -567,4 +565,45 @@ fn a_live_socket_is_refused_and_a_dead_one_replaced() {
     let mut c = connect(&socket);
     c.execute("quit", None).unwrap();
     assert_eq!(third.wait_exit(DEFAULT_TIMEOUT), 0);
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_the_others() {
+    let (mut vm, socket) = start("never-reads", "1", "");
+    // Negotiated, so events are queued for it; it never reads a byte.
+    let mut lazy = UnixStream::connect(&socket).expect("connect");
+    lazy.write_all(b"{\"execute\": \"qmp_capabilities\"}\r\n")
+        .expect("write");
+    let mut c = connect(&socket);
+    // Every stop/cont pair is two events for the lazy client: far more
+    // than its queue holds.
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..3000 {
+        for cmd in ["stop", "cont"] {
+            let t = std::time::Instant::now();
+            c.execute(cmd, None).expect(cmd);
+            worst = worst.max(t.elapsed());
+        }
+    }
+    eprintln!("6000 stop/cont with a client that never reads: worst reply {worst:?}");
+    assert!(
+        worst < std::time::Duration::from_secs(2),
+        "worst reply {worst:?}"
+    );
+    // Its socket buffer and then its queue (qmp::CLIENT_QUEUE_LEN) filled
+    // up, so the VMM disconnected it: reading drains what was sent, then
+    // EOF (a read timeout here would mean it was still attached).
+    lazy.set_read_timeout(Some(DEFAULT_TIMEOUT))
+        .expect("timeout");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut lazy, &mut got).expect("EOF: the lazy client was dropped");
+    assert!(!got.is_empty(), "nothing was sent before the disconnect");
+    eprintln!("the lazy client got {} bytes, then EOF", got.len());
+    // Another client is served, and quit ends the VMM cleanly.
+    let mut other = connect(&socket);
+    let st = other.execute("query-status", None).expect("query-status");
+    assert_eq!(st["status"], "running", "{st}");
+    other.execute("quit", None).expect("quit");
+    assert_eq!(vm.wait_exit(DEFAULT_TIMEOUT), 0);
+    drop(lazy);
 }

@@ -7,7 +7,8 @@
 //!   "version": 1,
 //!   "ok": bool,                       // true iff no verdict is fail/missing/corrupt
 //!   "checks": [                       // whole-dump checks
-//!     {"name": "structure"|"host_notes"|"vmcoreinfo"|"cpu_sets_agree",
+//!     {"name": "structure"|"host_notes"|"vmcoreinfo"|"cpu_sets_agree"
+//!              |"guest_fault"|"panic_path",
 //!      "verdict": V, "detail": str}
 //!   ],
 //!   "vcpus": [                        // one per host-captured vCPU, by vcpu
@@ -30,6 +31,13 @@
 //! note is read from RAM through VMCOREINFO; in a kdump vmcore `host_note`
 //! is the `VMMHOST` note and the guest note is the `CORE`/NT_PRSTATUS note
 //! with `pr_pid == vcpu + 1` that the elfcorehdr's PT_NOTEs supplied.
+//!
+//! `guest_fault` fails when the VMM recorded a vCPU stopped by a guest fault
+//! (a `VMMFAULT` note, [`crate::GuestFault`]); `panic_path` reads the
+//! guest's kmsg and fails on nested panics or a path that had not finished
+//! when the dump was taken, naming the step and notifier it was in
+//! (skipped when the guest did not panic). Both are in
+//! [`crate::check_faults`].
 //!
 //! `missing` means the thing was never written (a guest that did not panic,
 //! a CPU that was stopped before saving); `corrupt` means something is there
@@ -90,7 +98,7 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    fn new(verdict: Verdict, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(verdict: Verdict, detail: impl Into<String>) -> Self {
         CheckResult {
             verdict,
             detail: detail.into(),
@@ -182,7 +190,12 @@ pub fn guest_crash_note(core: &Vmcore, info: Option<&VmcoreInfo>, cpu: u32) -> G
         return GuestNote::Missing("guest registered no VMCOREINFO".into());
     };
     let Some(base) = info.hex(elfnote::VMCOREINFO_CRASH_NOTES) else {
-        return GuestNote::Missing("VMCOREINFO has no SYMBOL(crash_notes)".into());
+        return match info.get(elfnote::VMCOREINFO_CRASH_NOTES) {
+            Some(v) => GuestNote::Corrupt(format!(
+                "VMCOREINFO SYMBOL(crash_notes)={v:?} is not an address"
+            )),
+            None => GuestNote::Missing("VMCOREINFO has no SYMBOL(crash_notes)".into()),
+        };
     };
     let stride = info
         .number(elfnote::VMCOREINFO_CRASH_NOTES_STRIDE)
@@ -210,15 +223,24 @@ pub fn guest_crash_note(core: &Vmcore, info: Option<&VmcoreInfo>, cpu: u32) -> G
     let namesz = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
     let descsz = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let n_type = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-    if namesz as usize != NOTE_NAME_CORE.len() + 1
-        || &buf[12..16] != NOTE_NAME_CORE
-        || buf[16] != 0
-        || n_type != NT_PRSTATUS
-        || descsz as usize != ELF_PRSTATUS_SIZE
-    {
-        return GuestNote::Corrupt(format!(
-            "not a CORE/NT_PRSTATUS note (namesz {namesz} descsz {descsz} type {n_type})"
-        ));
+    let bad_field = if namesz as usize != NOTE_NAME_CORE.len() + 1 {
+        Some(format!("n_namesz {namesz}, expected 5"))
+    } else if &buf[12..16] != NOTE_NAME_CORE || buf[16] != 0 {
+        Some(format!(
+            "note name {:?}, expected \"CORE\"",
+            String::from_utf8_lossy(&buf[12..17])
+        ))
+    } else if n_type != NT_PRSTATUS {
+        Some(format!(
+            "n_type {n_type}, expected {NT_PRSTATUS} (NT_PRSTATUS)"
+        ))
+    } else if descsz as usize != ELF_PRSTATUS_SIZE {
+        Some(format!("n_descsz {descsz}, expected {ELF_PRSTATUS_SIZE}"))
+    } else {
+        None
+    };
+    if let Some(field) = bad_field {
+        return GuestNote::Corrupt(format!("crash note at {addr:#x}: {field}"));
     }
     match ElfPrstatus::from_bytes(&buf[CRASH_NOTE_PRSTATUS_OFFSET..]) {
         Some(p) => GuestNote::Valid(Box::new(p)),
@@ -377,11 +399,13 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
     });
     checks.push(NamedCheck {
         name: "vmcoreinfo",
-        result: match &info {
-            None => CheckResult::new(Verdict::Missing, "guest registered no VMCOREINFO"),
-            Some(_) => CheckResult::new(Verdict::Pass, "present"),
-        },
+        result: crate::check_faults::vmcoreinfo_check(info.as_ref()),
     });
+    checks.push(NamedCheck {
+        name: "guest_fault",
+        result: crate::check_faults::guest_fault_check(core),
+    });
+    let kmsg = crate::check_faults::kmsg_facts(core, info.as_ref());
 
     let text = info
         .as_ref()
@@ -425,7 +449,12 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
                 } else {
                     CheckResult::new(
                         Verdict::Corrupt,
-                        format!("pr_pid {} in vCPU {}'s slot", p.pr_pid, h.vcpu),
+                        format!(
+                            "pr_pid {} in vCPU {}'s note, expected {}",
+                            p.pr_pid,
+                            h.vcpu,
+                            h.vcpu + 1
+                        ),
                     )
                 };
                 (
@@ -436,7 +465,13 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
                 )
             }
             GuestNote::Missing(why) => (
-                CheckResult::new(Verdict::Missing, why.clone()),
+                CheckResult::new(
+                    Verdict::Missing,
+                    match kmsg.as_ref().and_then(|k| k.why_unsaved(h.vcpu)) {
+                        Some(logged) => format!("{why}; {logged}"),
+                        None => why.clone(),
+                    },
+                ),
                 CheckResult::new(Verdict::Skipped, "no guest note"),
                 None,
                 None,
@@ -470,7 +505,10 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
         None => CheckResult::new(Verdict::Missing, "guest published no NUMBER(nr_cpus)"),
         Some(n) if n != hosts.len() as u64 => CheckResult::new(
             Verdict::Fail,
-            format!("guest knows {n} CPUs, host has {} vCPUs", hosts.len()),
+            format!(
+                "VMCOREINFO NUMBER(nr_cpus)={n}, but the host has {} vCPUs",
+                hosts.len()
+            ),
         ),
         Some(n) => {
             let extra: Vec<u32> = (0..n.min(MAX_GUEST_CPUS) as u32)
@@ -498,6 +536,13 @@ pub fn check(core: &Vmcore, opts: &CheckOptions) -> CheckReport {
     checks.push(NamedCheck {
         name: "cpu_sets_agree",
         result: agree,
+    });
+    checks.push(NamedCheck {
+        name: "panic_path",
+        result: match &kmsg {
+            Some(k) => k.panic_path_check(),
+            None => CheckResult::new(Verdict::Skipped, "the guest published no kmsg"),
+        },
     });
 
     let mut failures = Vec::new();

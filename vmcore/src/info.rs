@@ -117,6 +117,9 @@ pub struct Info {
     pub pvpanic_dropped: u32,
     /// VMX state per vCPU.
     pub vmx: Vec<VmxState>,
+    /// The guest fault that stopped a vCPU (`VMMFAULT`), as one line
+    /// (with the symbol of its RIP when known).
+    pub guest_fault: Option<String>,
 }
 
 /// A pvpanic event, decoded.
@@ -158,7 +161,7 @@ fn until_nul(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn kmsg(core: &Vmcore, vi: &crate::VmcoreInfo) -> Option<String> {
+pub(crate) fn kmsg(core: &Vmcore, vi: &crate::VmcoreInfo) -> Option<String> {
     let buf = vi.hex(elfnote::VMCOREINFO_LOG_BUF)?;
     let len = vi.number(elfnote::VMCOREINFO_LOG_BUF_LEN)?;
     let ring = read_text(core, buf, len)?;
@@ -261,6 +264,13 @@ pub fn info(core: &Vmcore, symbols: Option<&Symbols>) -> Info {
         pvpanic,
         pvpanic_dropped: log.dropped,
         vmx: hosts.iter().filter_map(|h| h.vmx).collect(),
+        guest_fault: core.guest_fault().map(|f| match f {
+            Ok(f) => match symbols.and_then(|s| s.lookup(f.rip)) {
+                Some(sym) => format!("{f} in {sym}"),
+                None => f.to_string(),
+            },
+            Err(e) => format!("malformed VMMFAULT note: {e}"),
+        }),
     }
 }
 
@@ -279,6 +289,9 @@ impl Info {
             self.loads,
             self.ram_bytes >> 20
         );
+        if let Some(f) = &self.guest_fault {
+            let _ = writeln!(s, "guest fault: {f}");
+        }
         let _ = writeln!(
             s,
             "\n{:>4} {:<6} {:<18} {:<18} {:<18} {:<8} {:<6} {:<18} symbol",

@@ -36,9 +36,11 @@
 //! in [`guest_abi::elfnote`].
 
 mod check;
+mod check_faults;
 mod cpu;
 mod elf;
 mod elfcorehdr;
+mod fault;
 mod info;
 mod kdump;
 mod pagewalk;
@@ -56,6 +58,7 @@ pub use elfcorehdr::{
     parse_elfcorehdr, ElfCoreHdr, ElfCoreHdrError, GuestNotes, LoadRange, NoteSegment,
     MAX_ELFCOREHDR_BYTES, MAX_NOTES_BYTES, MAX_PHNUM,
 };
+pub use fault::{GuestFault, NOTE_NAME_FAULT, NT_VMM_FAULT};
 pub use info::{info, CpuInfo, Info, InfoError, PvpanicEvent, Symbols};
 pub use kdump::{plan_kdump_vmcore, write_kdump_vmcore, KdumpInput, KdumpPlan};
 pub use pagewalk::{walk_page_tables, VirtRun};

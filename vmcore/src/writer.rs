@@ -84,6 +84,8 @@ pub struct DumpInput<'a> {
     pub vmcoreinfo: Option<&'a [u8]>,
     /// The pvpanic event log, if the VM has the device.
     pub pvpanic: Option<&'a PvpanicLog>,
+    /// The guest fault that stopped a vCPU, if one did (`VMMFAULT` note).
+    pub fault: Option<&'a crate::GuestFault>,
     /// CR3 whose page tables give the PT_LOADs their virtual addresses
     /// (typically the panicking or first vCPU's). None: no walk, every
     /// `p_vaddr` is 0.
@@ -285,6 +287,10 @@ fn build_notes(input: &DumpInput<'_>) -> (Vec<u8>, u64) {
     }
     if let Some(log) = input.pvpanic {
         encode_pvpanic_note(&mut notes, log);
+        count += 1;
+    }
+    if let Some(fault) = input.fault {
+        fault.encode_note(&mut notes);
         count += 1;
     }
     (notes, count)

@@ -176,6 +176,9 @@ pub struct DumpSources {
     /// The pvpanic event log: a `VMMPVPANIC` note, and the panicking vCPU
     /// (the last PANICKED event's).
     pub pvpanic: Option<Arc<dyn PvpanicLogSource>>,
+    /// The guest fault that stopped a vCPU of this VM, if any: a
+    /// `VMMFAULT` note ([`crate::guest_fault`]).
+    pub fault: Option<vmcore::GuestFault>,
 }
 
 impl std::fmt::Debug for DumpSources {
@@ -184,6 +187,7 @@ impl std::fmt::Debug for DumpSources {
             .field("pv_vmx", &self.pv_vmx.is_some())
             .field("vmcoreinfo", &self.vmcoreinfo.is_some())
             .field("pvpanic", &self.pvpanic.is_some())
+            .field("fault", &self.fault)
             .finish()
     }
 }
@@ -209,6 +213,7 @@ pub struct Capture {
     vmcoreinfo: Option<Vec<u8>>,
     pvpanic: Option<PvpanicLog>,
     panic_vcpu: Option<u32>,
+    fault: Option<vmcore::GuestFault>,
     /// A clone of the guest memory (same mappings), so the worker can write
     /// it even if the VM is torn down meanwhile.
     memory: GuestMemoryMmap,
@@ -259,6 +264,7 @@ pub fn capture(vm: &Vm) -> Result<Capture, DumpError> {
         vmcoreinfo,
         pvpanic,
         panic_vcpu,
+        fault: sources.fault.clone(),
         memory: vm.memory().clone(),
     })
 }
@@ -322,6 +328,7 @@ impl Capture {
             vmx: &self.vmx,
             vmcoreinfo: self.vmcoreinfo.as_deref(),
             pvpanic: self.pvpanic.as_ref(),
+            fault: self.fault.as_ref(),
             paging_cr3: if paging { self.paging_cr3() } else { None },
         };
         let result = vmcore::write_vmcore(path, &input, &WriteOptions::default(), progress)

@@ -318,6 +318,7 @@ fn connect_dump_sources(vm: &mut Vm, mailbox: &Arc<Mailbox>) {
         pv_vmx: Some(devices.pv_vmx.clone()),
         vmcoreinfo: Some(devices.vmcoreinfo.clone()),
         pvpanic: Some(mailbox.clone()),
+        fault: None,
     };
     vm.set_dump_sources(sources);
 }
@@ -701,6 +702,11 @@ impl Vmm {
         &self.vm
     }
 
+    /// The current VM incarnation, mutably.
+    pub(crate) fn vm_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+
     /// What a guest reset does now.
     pub(crate) fn set_on_reboot(&mut self, on_reboot: OnReboot) {
         self.on_reboot = on_reboot;
@@ -860,13 +866,7 @@ impl Vmm {
                     }
                 }
             }
-            Message::Fault { fault, .. } => Ok(Some(ExitReason::GuestFault {
-                vcpu: fault.vcpu,
-                reason: fault.reason,
-                rip: fault.rip,
-                rsp: fault.rsp,
-                cr3: fault.cr3,
-            })),
+            Message::Fault { fault, .. } => crate::guest_fault::on_guest_fault(self, fault),
             Message::Signal(signo) => {
                 info!("terminating on signal {signo}");
                 Ok(Some(ExitReason::Stopped))
@@ -1552,6 +1552,7 @@ mod tests {
             pv_vmx: Some(Arc::new(Mutex::new(pv_vmx))),
             vmcoreinfo: Some(Arc::new(Mutex::new(vmcoreinfo))),
             pvpanic: Some(Arc::new(FixedPvpanicLog(log.clone()))),
+            fault: None,
         });
         let handle = vmm.handle();
         let result = spawn(vmm);

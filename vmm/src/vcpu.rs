@@ -647,7 +647,13 @@ impl Vcpu {
                     fault.vcpu, fault.reason, fault.rip, fault.rsp, fault.cr3
                 );
                 faults(fault);
-                VcpuState::Exited
+                // Parked, not gone: a dump of the faulted VM still needs this
+                // vCPU's registers. Only a stop (or a rebuild) ends it.
+                let mut st = control.lock();
+                if st.request == Request::Run {
+                    st.request = Request::Pause;
+                }
+                VcpuState::Paused
             }
         }
     }

@@ -306,6 +306,12 @@ impl Vm {
         self.dump_sources = sources;
     }
 
+    /// Records the guest fault that stopped a vCPU, for this VM's dumps.
+    /// The first one is kept: later faults are often its consequences.
+    pub fn record_fault(&mut self, fault: vmcore::GuestFault) {
+        self.dump_sources.fault.get_or_insert(fault);
+    }
+
     /// Every vCPU's registers, each read on its own thread. The vCPUs must
     /// be paused ([`Vm::pause`]) for the result to be a consistent snapshot.
     pub fn capture_cpus(&self) -> Result<Vec<vmcore::CpuState>> {

@@ -152,6 +152,7 @@ pub fn dump_with(g: &Guest, path: &Path, opts: &WriteOptions) -> DumpStats {
         vmx: &g.vmx,
         vmcoreinfo: g.vmcoreinfo.as_deref().map(str::as_bytes),
         pvpanic: Some(&g.pvpanic),
+        fault: None,
         paging_cr3: Some(0x1000),
     };
     write_vmcore(path, &input, opts, &mut |_| {}).expect("dump written")
