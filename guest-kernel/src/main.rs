@@ -20,6 +20,7 @@ mod pv;
 mod pvpanic;
 mod smp;
 mod time;
+mod touch;
 
 use guest_kernel::acpi::CpuList;
 use guest_kernel::cmdline::{BootConfig, PanicKnobs, PostBoot};
@@ -206,6 +207,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     vmx_summary(&config.panic, online);
     dump::init_vmcoreinfo();
     crash::prepare_elfcorehdr(boot.memmap(), dump::vmcoreinfo_note());
+    touch::run(&boot);
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }
