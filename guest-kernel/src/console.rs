@@ -86,6 +86,16 @@ impl Uart {
         self.room = TX_FIFO_BYTES;
     }
 
+    /// Reads LSR once. A VMM may queue THR writes without an exit (ours
+    /// registers THR as a KVM coalesced PIO zone); this exit makes the text
+    /// just written reach the host now. It also refreshes the room.
+    fn flush(&mut self) {
+        // SAFETY: reading LSR has no side effects we rely on.
+        if unsafe { self.port(LSR).read() } & LSR_THRE != 0 {
+            self.room = TX_FIFO_BYTES;
+        }
+    }
+
     fn put(&mut self, byte: u8) {
         self.wait_for_room();
         // SAFETY: THR write queues one byte for transmission.
@@ -115,6 +125,7 @@ impl Uart {
             self.room -= n as u8;
             rest = rest.get(n..).unwrap_or(&[]);
         }
+        self.flush();
     }
 }
 
@@ -285,6 +296,7 @@ fn print_pending(c: &mut Console) {
     loop {
         let (a, b, head) = ring_since(c.printed);
         if c.printed >= head {
+            c.uart.flush();
             return;
         }
         for &byte in a.iter().chain(b) {
