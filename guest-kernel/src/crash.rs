@@ -24,10 +24,10 @@ use guest_kernel::elfcorehdr::{build_elfcorehdr, scribble_elfcorehdr, CoreHdrLay
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
 
-use crate::arch::cpu::{cli, data_selectors, IA32_FS_BASE, IA32_GS_BASE};
+use crate::arch::cpu::{cli, data_selectors, rdtsc, IA32_FS_BASE, IA32_GS_BASE};
 use crate::arch::traps::{register_irq_handler, register_nmi_handler, NmiAction};
 use crate::arch::{apic, percpu::current_cpu};
-use crate::time::Deadline;
+use crate::time::{self, Deadline};
 use crate::{console, kexec_jump, panic, pv, smp};
 
 // The stop loop: where every stopped CPU halts for good (with interrupts
@@ -344,12 +344,21 @@ pub fn crash_smp_send_stop() {
         .dec(targets.count_ones() as u64)
         .str(" CPU(s)\n");
     SHOOTDOWN_TARGETS.store(targets, Ordering::Release);
+    let t0 = rdtsc();
     for_each_cpu(targets, |cpu| {
         if let Some(id) = smp::apic_id_of(cpu) {
             let _ = apic::send_nmi(id);
         }
     });
     let missing = wait_mask_clear(|| targets & !SHOOTDOWN_ACKED.load(Ordering::Acquire));
+    // The shootdown's latency, first NMI sent to last ack (benches read it).
+    let us = rdtsc().wrapping_sub(t0).saturating_mul(1000) / time::tsc_khz().max(1);
+    console::line()
+        .str("crash: NMI shootdown: ")
+        .dec((targets & !missing).count_ones() as u64)
+        .str(" acked in ")
+        .dec(us)
+        .str(" us\n");
     for_each_cpu(missing, |cpu| {
         console::line()
             .str("crash: CPU ")

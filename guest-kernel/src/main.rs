@@ -25,6 +25,7 @@ mod pv;
 mod pvpanic;
 mod smp;
 mod time;
+mod touch;
 
 use guest_kernel::acpi::CpuList;
 use guest_kernel::cmdline::{BootConfig, PanicKnobs, PostBoot};
@@ -234,6 +235,7 @@ extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
         config.kdump.scribble,
     );
     faults::after_boot();
+    touch::run(&boot);
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }

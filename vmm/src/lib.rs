@@ -16,6 +16,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod coalesced_pio;
 pub mod config;
 pub mod control;
 pub mod cpuid;

@@ -87,6 +87,8 @@ pub struct ExitContext {
     pub mmio: Arc<Bus>,
     /// Shared counters.
     pub stats: Arc<ExitStats>,
+    /// COM1's coalesced transmit writes, replayed before every exit.
+    pub coalesced: Option<Arc<crate::coalesced_pio::CoalescedPio>>,
 }
 
 fn count(counter: &AtomicU64) {
@@ -623,7 +625,13 @@ impl Vcpu {
                 return next;
             }
         }
-        let result = match self.fd.run() {
+        let result = self.fd.run();
+        // Writes KVM queued (in order, before this exit) reach the devices
+        // before the exit itself is handled.
+        if let Some(ring) = &ctx.coalesced {
+            ring.drain(ctx.vcpu, &ctx.pio);
+        }
+        let result = match result {
             Ok(exit) => {
                 // SAFETY: `io_size` points into this vCPU's live kvm_run
                 // mapping; the field is plain bytes, and KVM wrote it before
@@ -800,6 +808,7 @@ mod tests {
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
                 stats: Arc::default(),
+                coalesced: None,
             },
             rec,
         )

@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::EventSink;
+use guest_abi::ports;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -14,6 +15,7 @@ use log::{debug, info, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::{acpi, kexec, layout, pvh};
+use crate::coalesced_pio::CoalescedPio;
 use crate::cpuid::{self, CpuidParams};
 use crate::device_manager::{self, Devices, SharedWriter};
 use crate::dump::DumpSources;
@@ -84,6 +86,8 @@ pub struct Vm {
     controls: Vec<Arc<VcpuControl>>,
     threads: Vec<JoinHandle<()>>,
     dump_sources: DumpSources,
+    /// COM1's transmit register as a coalesced PIO zone, where KVM has it.
+    coalesced: Option<Arc<CoalescedPio>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -213,10 +217,19 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         let mut vcpus = Vec::with_capacity(spec.cpus as usize);
+        let mut coalesced = None;
         for id in 0..spec.cpus {
             let vcpu_fd = fd
                 .create_vcpu(u64::from(id))
                 .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
+            if id == 0 {
+                // Only THR: a write to any other UART register must exit.
+                coalesced =
+                    CoalescedPio::register(&fd, &vcpu_fd, ports::COM1, 1).unwrap_or_else(|e| {
+                        warn!("serial: no coalesced transmit writes: {e}");
+                        None
+                    });
+            }
             let tsc_khz = vcpu_fd.get_tsc_khz().unwrap_or_else(|e| {
                 warn!("vcpu {id}: KVM_GET_TSC_KHZ failed ({e}); the guest must calibrate");
                 0
@@ -248,6 +261,7 @@ impl Vm {
             controls,
             threads: Vec::new(),
             dump_sources: DumpSources::default(),
+            coalesced,
         })
     }
 
@@ -261,9 +275,16 @@ impl Vm {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 stats: self.stats.clone(),
+                coalesced: self.coalesced.clone(),
             };
             let thread = vcpu.spawn(control.clone(), ctx, faults.clone())?;
             self.threads.push(thread);
+        }
+        if let Some(ring) = &self.coalesced {
+            if let Err(e) = CoalescedPio::spawn_drain_thread(ring, pio.clone()) {
+                // Without it, output stays queued until the guest's next exit.
+                warn!("serial: {e}");
+            }
         }
         Ok(())
     }

@@ -211,7 +211,9 @@ pub fn sti_hlt() {
     unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
 }
 
-/// Idles forever, servicing interrupts.
+/// Idles forever, servicing interrupts. Never inlined, so a dump or gdb
+/// shows an idle CPU in `idle`, whatever its caller's code size.
+#[inline(never)]
 pub fn idle() -> ! {
     loop {
         sti_hlt();
