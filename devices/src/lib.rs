@@ -11,6 +11,7 @@ pub mod bus;
 pub mod crash_control;
 pub mod guest_ram;
 pub mod kdump;
+pub mod platform;
 pub mod pm_timer;
 mod pv_regs;
 pub mod pv_vmx;

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{request_channel, BackendError, QmpRequestReceiver, RequestSender};
+use crate::connection::{ClientConnection, ConnectionStep};
 use crate::events::{ClientHandle, ClientRegistry, EventBroadcaster, Outgoing};
-use crate::framing::{Framer, FramingError};
 use crate::schema::{CommandError, VersionInfo};
-use crate::session::{encode_response, greeting, Session};
+use crate::session::{encode_response, greeting};
 
 /// Messages (replies and events) queued per client before it counts as
 /// not reading and is disconnected.
@@ -364,8 +364,7 @@ fn read_loop(
     version: VersionInfo,
 ) {
     let clients = &shared.clients;
-    let mut session = Session::new(version);
-    let mut framer = Framer::default();
+    let mut connection = ClientConnection::new(version, crate::MAX_MESSAGE_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK];
     'connection: loop {
         let n = match stream.read(&mut chunk) {
@@ -377,14 +376,20 @@ fn read_loop(
                 break;
             }
         };
-        framer.push(&chunk[..n]);
-        while let Some(frame) = framer.next_frame() {
-            match frame {
-                Ok(frame) => {
-                    shared.calls.add();
-                    let reply = session.handle(&frame, |request| sender.call(request));
-                    let message = Outgoing::Message(reply.bytes.into());
-                    let queued = if reply.negotiated {
+        connection.push_input(&chunk[..n]);
+        loop {
+            // Counted from before the VMM is called until the reply is
+            // queued: stopping the server waits for it.
+            shared.calls.add();
+            let step = connection.next_step(|request| sender.call(request));
+            let queued = match step {
+                None => {
+                    shared.calls.done();
+                    break;
+                }
+                Some(ConnectionStep::Reply { bytes, negotiated }) => {
+                    let message = Outgoing::Message(bytes.into());
+                    if negotiated {
                         // Under the registry lock, which emitters hold while
                         // queueing: no event can slip in before this reply
                         // (qemu.qmp requires the reply to come first), and
@@ -395,23 +400,20 @@ fn read_loop(
                         queued
                     } else {
                         handle.push(message)
-                    };
-                    shared.calls.done();
-                    if !queued {
-                        break 'connection;
                     }
                 }
-                Err(FramingError::TooLarge { limit }) => {
+                Some(ConnectionStep::Close { bytes, limit }) => {
                     log::warn!(
                         "qmp: client {} sent a message over {limit} bytes; closing",
                         handle.id
                     );
-                    let error = CommandError::generic(format!(
-                        "message exceeds the {limit}-byte limit; closing the connection"
-                    ));
-                    handle.push(Outgoing::Message(encode_response(&Err(error), None).into()));
-                    break 'connection;
+                    handle.push(Outgoing::Message(bytes.into()));
+                    false
                 }
+            };
+            shared.calls.done();
+            if !queued {
+                break 'connection;
             }
         }
     }
