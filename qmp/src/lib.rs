@@ -76,4 +76,4 @@ pub use schema::{
     QmpRequest, RebootAction, RunState, SetAction, ShutdownAction, StatusInfo, SysEmuTarget,
     UnknownPanicAction, VersionInfo, VersionTriple, WatchdogAction, XInjectCrash, COMMANDS,
 };
-pub use server::{QmpServer, ServerConfig, ServerError, CLIENT_QUEUE_LEN, MAX_CLIENTS};
+pub use server::{QmpServer, ServerConfig, ServerError, ThreadHook, CLIENT_QUEUE_LEN, MAX_CLIENTS};

@@ -79,6 +79,26 @@ pub struct ServerConfig {
     pub socket_path: PathBuf,
     /// What the greeting and `query-version` report.
     pub version: VersionInfo,
+    /// Run first on the accept thread (e.g. to install a seccomp filter);
+    /// the client threads it spawns inherit what it sets up.
+    pub on_thread_start: Option<ThreadHook>,
+}
+
+/// A function a server thread runs when it starts.
+#[derive(Clone)]
+pub struct ThreadHook(Arc<dyn Fn() + Send + Sync>);
+
+impl ThreadHook {
+    /// Wraps `hook`.
+    pub fn new(hook: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for ThreadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadHook")
+    }
 }
 
 impl ServerConfig {
@@ -87,6 +107,7 @@ impl ServerConfig {
         Self {
             socket_path: socket_path.into(),
             version: VersionInfo::default(),
+            on_thread_start: None,
         }
     }
 }
@@ -156,6 +177,7 @@ impl QmpServer {
     /// answers on is refused ([`ServerError::InUse`]).
     pub fn start(config: ServerConfig) -> Result<(QmpServer, QmpRequestReceiver)> {
         let path = config.socket_path;
+        let hook = config.on_thread_start;
         let listener = bind_replacing_stale(&path)?;
         listener.set_nonblocking(true).map_err(ServerError::Setup)?;
         let (sender, receiver) = request_channel().map_err(ServerError::Channel)?;
@@ -172,7 +194,12 @@ impl QmpServer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("qmp-accept".into())
-                .spawn(move || accept_loop(&listener, &stop, &sender, &shared))
+                .spawn(move || {
+                    if let Some(hook) = hook {
+                        (hook.0)();
+                    }
+                    accept_loop(&listener, &stop, &sender, &shared)
+                })
                 .map_err(ServerError::Thread)?
         };
         log::info!("qmp: serving {}", path.display());

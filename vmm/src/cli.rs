@@ -124,6 +124,10 @@ pub struct RunArgs {
     /// Serve QMP (the QEMU Machine Protocol) on this Unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Per-thread seccomp filters: true (a forbidden syscall ends the VMM
+    /// with status 159), false, or log (allowed, logged by the kernel).
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: crate::seccomp::SeccompLevel,
 }
 
 /// Flags of `vmm ctl`.
