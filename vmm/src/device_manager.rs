@@ -1,4 +1,7 @@
-//! The one place where devices are created and put on the buses.
+//! Connects the guest platform to KVM: the irqfds of COM1 and the SCI and
+//! the MSI sender crash-control uses. The devices themselves are created
+//! and put on the buses in one place, `devices::platform::wire_platform`
+//! (which the `device_bus` fuzz target also runs).
 //!
 //! Every port, length and GSI is a named constant from `guest_abi::ports`;
 //! the vCPU loop only sees the resulting buses.
