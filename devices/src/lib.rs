@@ -11,6 +11,7 @@ pub mod bus;
 pub mod crash_control;
 pub mod guest_ram;
 pub mod kdump;
+pub mod platform;
 pub mod pm_timer;
 mod pv_regs;
 pub mod pv_vmx;
@@ -40,6 +41,24 @@ pub(crate) mod test_utils {
         pub(crate) fn take(&self) -> Vec<VmEvent> {
             std::mem::take(&mut self.0.lock().unwrap())
         }
+    }
+
+    /// Where the VMM's MMIO hole starts and ends (`vmm::boot::layout`).
+    pub(crate) const MMIO_HOLE: (u64, u64) = (0xc000_0000, 0x1_0000_0000);
+    /// Size of each RAM region of [`ram_around_mmio_hole`].
+    pub(crate) const EDGE_RAM: usize = 0x1_0000;
+
+    /// Guest RAM shaped like a big VM's, without its size: 64 KiB at 0,
+    /// 64 KiB ending at the MMIO hole, and 64 KiB right after it (the end
+    /// of RAM).
+    pub(crate) fn ram_around_mmio_hole() -> vm_memory::GuestMemoryMmap {
+        use vm_memory::GuestAddress;
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), EDGE_RAM),
+            (GuestAddress(MMIO_HOLE.0 - EDGE_RAM as u64), EDGE_RAM),
+            (GuestAddress(MMIO_HOLE.1), EDGE_RAM),
+        ])
+        .expect("small anonymous mappings")
     }
 }
 

@@ -1276,4 +1276,78 @@ mod tests {
         assert_eq!(&record[8..], &0x4242u64.to_le_bytes());
         assert!(dev.lock().unwrap().snapshot()[0].vmcs_flushed);
     }
+
+    #[test]
+    fn vmx_regions_at_the_edges_of_guest_memory_fail_cleanly() {
+        use crate::test_utils::{ram_around_mmio_hole, EDGE_RAM, MMIO_HOLE};
+        let ram = Arc::new(ram_around_mmio_hole());
+        let last_below_hole = MMIO_HOLE.0 - 0x1000;
+        let first_above_hole = MMIO_HOLE.1;
+        let end_of_ram = MMIO_HOLE.1 + EDGE_RAM as u64;
+        for page in [last_below_hole, first_above_hole, end_of_ram - 0x1000] {
+            GuestRam::write(&*ram, page, &VMCS_REVISION.to_le_bytes()).unwrap();
+        }
+        let mut dev = PvVmx::new(1, ram.clone()).unwrap();
+        let exec = |dev: &mut PvVmx, command: u32, arg: u64| {
+            dev.write(at(ARG_LO, 0), &(arg as u32).to_le_bytes());
+            dev.write(at(ARG_HI, 0), &((arg >> 32) as u32).to_le_bytes());
+            dev.write(at(COMMAND, 0), &command.to_le_bytes());
+            let mut v = [0u8; 4];
+            dev.read(at(STATUS, 0), &mut v);
+            let st = u32::from_le_bytes(v);
+            dev.read(at(ERROR, 0), &mut v);
+            (st, u32::from_le_bytes(v))
+        };
+        let bad = [
+            MMIO_HOLE.0,          // the first page of the hole
+            MMIO_HOLE.1 - 0x1000, // the last page of the hole
+            end_of_ram,           // just past the end of RAM
+            MMIO_HOLE.0 - 0x800,  // unaligned, straddling the hole
+            !0xfff,               // the top of the address space
+            EDGE_RAM as u64,      // just past low RAM
+        ];
+        // VMXON: only a page entirely in RAM.
+        for gpa in bad {
+            assert_eq!(
+                exec(&mut dev, cmd::VMXON, gpa),
+                (status::FAIL_INVALID, 0),
+                "{gpa:#x}"
+            );
+        }
+        assert_eq!(
+            exec(&mut dev, cmd::VMXON, end_of_ram - 0x1000).0,
+            status::SUCCEED
+        );
+        // VMPTRLD and VMCLEAR refuse every bad page with their error numbers
+        // (VMfailInvalid: no current VMCS yet) and never touch RAM.
+        for gpa in bad {
+            assert_eq!(
+                exec(&mut dev, cmd::VMPTRLD, gpa).0,
+                status::FAIL_INVALID,
+                "{gpa:#x}"
+            );
+            assert_eq!(
+                exec(&mut dev, cmd::VMCLEAR, gpa).0,
+                status::FAIL_INVALID,
+                "{gpa:#x}"
+            );
+        }
+        // The last pages before and after the hole work, and VMCLEAR writes
+        // the cached contents back inside them.
+        for gpa in [last_below_hole, first_above_hole] {
+            assert_eq!(exec(&mut dev, cmd::VMPTRLD, gpa).0, status::SUCCEED);
+            dev.write(at(FIELD, 0), &field::GUEST_RIP.to_le_bytes());
+            assert_eq!(exec(&mut dev, cmd::VMWRITE, 0x1234).0, status::SUCCEED);
+            // With a current VMCS, a bad address is VMfailValid(9).
+            assert_eq!(
+                exec(&mut dev, cmd::VMPTRLD, MMIO_HOLE.0),
+                (status::FAIL_VALID, error::VMPTRLD_INVALID_ADDRESS)
+            );
+            assert_eq!(exec(&mut dev, cmd::VMCLEAR, gpa).0, status::SUCCEED);
+            let mut count = [0u8; 4];
+            GuestRam::read(&*ram, gpa + 8, &mut count).unwrap();
+            assert!(u32::from_le_bytes(count) >= 1, "{gpa:#x} written back");
+        }
+        assert_eq!(dev.counters().writeback_errors, 0);
+    }
 }

@@ -473,4 +473,41 @@ mod tests {
         assert_eq!(inl(&mut dev, STATUS), status::NONE);
         assert_eq!(inl(&mut dev, SIZE), 0);
     }
+
+    #[test]
+    fn notes_at_the_edges_of_guest_memory_are_clean_errors() {
+        use crate::test_utils::{ram_around_mmio_hole, EDGE_RAM, MMIO_HOLE};
+        let ram = ram_around_mmio_hole();
+        let end_of_ram = MMIO_HOLE.1 + EDGE_RAM as u64;
+        // Fully inside, just below the hole: readable (all zero: malformed).
+        let (mut dev, _) = device();
+        register(&mut dev, MMIO_HOLE.0 - 0x100, 0x100, FORMAT_ELF);
+        assert_eq!(dev.read_note(&ram).unwrap().len(), 0x100);
+        assert!(matches!(
+            dev.read_text(&ram),
+            Err(VmcoreinfoError::Malformed(_))
+        ));
+        for (paddr, size) in [
+            (MMIO_HOLE.0 - 0x10, 0x20), // straddles the start of the hole
+            (MMIO_HOLE.0, 0x10),        // inside the hole
+            (MMIO_HOLE.1 - 0x10, 0x20), // straddles the end of the hole
+            (end_of_ram - 0x10, 0x20),  // runs past the end of RAM
+            (end_of_ram, 1),            // beyond RAM
+            (u64::MAX - 0x100, 0x80),   // near the top of the address space
+            (EDGE_RAM as u64 - 1, 2),   // straddles the end of low RAM
+        ] {
+            let (mut dev, _) = device();
+            assert_eq!(
+                register(&mut dev, paddr, size, FORMAT_ELF),
+                status::REGISTERED
+            );
+            assert!(
+                matches!(
+                    dev.read_note(&ram),
+                    Err(VmcoreinfoError::OutOfRam { paddr: p, size: s, .. }) if p == paddr && s == size
+                ),
+                "{paddr:#x}+{size:#x}"
+            );
+        }
+    }
 }

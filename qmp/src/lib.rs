@@ -52,6 +52,7 @@
 
 mod backend;
 mod client;
+mod connection;
 mod events;
 mod framing;
 mod schema;
@@ -64,6 +65,7 @@ pub use backend::{
     BackendError, PendingRequest, QmpBackend, QmpRequestReceiver, QmpResult, Responder,
 };
 pub use client::{ClientError, Events, QmpClient};
+pub use connection::{ClientConnection, ConnectionStep};
 pub use events::{
     EventBroadcaster, EventMessage, GuestPanicAction, QmpEvent, ShutdownCause, Timestamp,
 };
@@ -74,4 +76,4 @@ pub use schema::{
     QmpRequest, RebootAction, RunState, SetAction, ShutdownAction, StatusInfo, SysEmuTarget,
     UnknownPanicAction, VersionInfo, VersionTriple, WatchdogAction, XInjectCrash, COMMANDS,
 };
-pub use server::{QmpServer, ServerConfig, ServerError, CLIENT_QUEUE_LEN, MAX_CLIENTS};
+pub use server::{QmpServer, ServerConfig, ServerError, ThreadHook, CLIENT_QUEUE_LEN, MAX_CLIENTS};

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{request_channel, BackendError, QmpRequestReceiver, RequestSender};
+use crate::connection::{ClientConnection, ConnectionStep};
 use crate::events::{ClientHandle, ClientRegistry, EventBroadcaster, Outgoing};
-use crate::framing::{Framer, FramingError};
 use crate::schema::{CommandError, VersionInfo};
-use crate::session::{encode_response, greeting, Session};
+use crate::session::{encode_response, greeting};
 
 /// Messages (replies and events) queued per client before it counts as
 /// not reading and is disconnected.
@@ -79,6 +79,26 @@ pub struct ServerConfig {
     pub socket_path: PathBuf,
     /// What the greeting and `query-version` report.
     pub version: VersionInfo,
+    /// Run first on the accept thread (e.g. to install a seccomp filter);
+    /// the client threads it spawns inherit what it sets up.
+    pub on_thread_start: Option<ThreadHook>,
+}
+
+/// A function a server thread runs when it starts.
+#[derive(Clone)]
+pub struct ThreadHook(Arc<dyn Fn() + Send + Sync>);
+
+impl ThreadHook {
+    /// Wraps `hook`.
+    pub fn new(hook: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for ThreadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadHook")
+    }
 }
 
 impl ServerConfig {
@@ -87,6 +107,7 @@ impl ServerConfig {
         Self {
             socket_path: socket_path.into(),
             version: VersionInfo::default(),
+            on_thread_start: None,
         }
     }
 }
@@ -156,6 +177,7 @@ impl QmpServer {
     /// answers on is refused ([`ServerError::InUse`]).
     pub fn start(config: ServerConfig) -> Result<(QmpServer, QmpRequestReceiver)> {
         let path = config.socket_path;
+        let hook = config.on_thread_start;
         let listener = bind_replacing_stale(&path)?;
         listener.set_nonblocking(true).map_err(ServerError::Setup)?;
         let (sender, receiver) = request_channel().map_err(ServerError::Channel)?;
@@ -172,7 +194,12 @@ impl QmpServer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("qmp-accept".into())
-                .spawn(move || accept_loop(&listener, &stop, &sender, &shared))
+                .spawn(move || {
+                    if let Some(hook) = hook {
+                        (hook.0)();
+                    }
+                    accept_loop(&listener, &stop, &sender, &shared)
+                })
                 .map_err(ServerError::Thread)?
         };
         log::info!("qmp: serving {}", path.display());
@@ -364,8 +391,7 @@ fn read_loop(
     version: VersionInfo,
 ) {
     let clients = &shared.clients;
-    let mut session = Session::new(version);
-    let mut framer = Framer::default();
+    let mut connection = ClientConnection::new(version, crate::MAX_MESSAGE_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK];
     'connection: loop {
         let n = match stream.read(&mut chunk) {
@@ -377,14 +403,20 @@ fn read_loop(
                 break;
             }
         };
-        framer.push(&chunk[..n]);
-        while let Some(frame) = framer.next_frame() {
-            match frame {
-                Ok(frame) => {
-                    shared.calls.add();
-                    let reply = session.handle(&frame, |request| sender.call(request));
-                    let message = Outgoing::Message(reply.bytes.into());
-                    let queued = if reply.negotiated {
+        connection.push_input(&chunk[..n]);
+        loop {
+            // Counted from before the VMM is called until the reply is
+            // queued: stopping the server waits for it.
+            shared.calls.add();
+            let step = connection.next_step(|request| sender.call(request));
+            let queued = match step {
+                None => {
+                    shared.calls.done();
+                    break;
+                }
+                Some(ConnectionStep::Reply { bytes, negotiated }) => {
+                    let message = Outgoing::Message(bytes.into());
+                    if negotiated {
                         // Under the registry lock, which emitters hold while
                         // queueing: no event can slip in before this reply
                         // (qemu.qmp requires the reply to come first), and
@@ -395,23 +427,20 @@ fn read_loop(
                         queued
                     } else {
                         handle.push(message)
-                    };
-                    shared.calls.done();
-                    if !queued {
-                        break 'connection;
                     }
                 }
-                Err(FramingError::TooLarge { limit }) => {
+                Some(ConnectionStep::Close { bytes, limit }) => {
                     log::warn!(
                         "qmp: client {} sent a message over {limit} bytes; closing",
                         handle.id
                     );
-                    let error = CommandError::generic(format!(
-                        "message exceeds the {limit}-byte limit; closing the connection"
-                    ));
-                    handle.push(Outgoing::Message(encode_response(&Err(error), None).into()));
-                    break 'connection;
+                    handle.push(Outgoing::Message(bytes.into()));
+                    false
                 }
+            };
+            shared.calls.done();
+            if !queued {
+                break 'connection;
             }
         }
     }

@@ -255,7 +255,11 @@ pub fn info(core: &Vmcore, symbols: Option<&Symbols>) -> Info {
         kind: if core.is_kdump() { "kdump" } else { "host" },
         elfcorehdr: core.kdump_note().map(|k| k.elfcorehdr),
         loads: core.loads().len(),
-        ram_bytes: core.loads().iter().map(|l| l.memsz).sum(),
+        // Saturating: p_memsz is file data, and the sizes may add up past u64.
+        ram_bytes: core
+            .loads()
+            .iter()
+            .fold(0u64, |sum, l| sum.saturating_add(l.memsz)),
         cpus,
         vmcoreinfo: vi.map(|v| v.entries).unwrap_or_default(),
         panic_cpu,
@@ -355,5 +359,49 @@ impl Info {
             let _ = writeln!(s, "\nkmsg:\n{k}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ELF core header with one PT_NOTE (empty) and two PT_LOADs of
+    /// `memsz` bytes each, holding no file data.
+    fn core_with_loads(memsz: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        b.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
+        b.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+        b.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        b.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 56, 3, 64, 0, 0] {
+            b.extend_from_slice(&half.to_le_bytes());
+        }
+        let end = 64 + 3 * 56u64;
+        let phdr = |b: &mut Vec<u8>, p_type: u32, paddr: u64, memsz: u64| {
+            b.extend_from_slice(&p_type.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            for v in [end, 0, paddr, 0, memsz, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        phdr(&mut b, 4, 0, 0);
+        phdr(&mut b, 1, 0, memsz);
+        phdr(&mut b, 1, 0, memsz);
+        b
+    }
+
+    #[test]
+    fn huge_segment_sizes_saturate_instead_of_overflowing() {
+        // Found by the vmcore_reader fuzz target: the PT_LOAD sizes of a
+        // hostile file added up past u64::MAX.
+        let Ok(core) = Vmcore::from_bytes(core_with_loads(u64::MAX / 2 + 2)) else {
+            panic!("the header is well-formed");
+        };
+        assert_eq!(info(&core, None).ram_bytes, u64::MAX);
     }
 }

@@ -645,4 +645,63 @@ mod tests {
         };
         assert!(matches!(plan_loads(&input, 0), Err(Inner::BadRam(4096))));
     }
+
+    /// The page walk reads guest page tables only through `table_at`, which
+    /// answers None for any page not entirely inside one RAM region: at the
+    /// end of RAM, beyond it, inside or across the MMIO hole.
+    #[test]
+    fn page_tables_outside_ram_are_never_read() {
+        const HOLE: (u64, u64) = (0xc000_0000, 0x1_0000_0000);
+        let below = vec![0u8; 0x4000];
+        let above = vec![0u8; 0x4000];
+        let ram = [
+            RamRegion::new(HOLE.0 - 0x4000, &below),
+            RamRegion::new(HOLE.1, &above),
+        ];
+        let end = HOLE.1 + 0x4000;
+        assert!(table_at(&ram, HOLE.0 - 0x1000).is_some());
+        assert!(table_at(&ram, end - 0x1000).is_some());
+        for pa in [
+            HOLE.0 - 0x800, // straddles the start of the hole
+            HOLE.0,         // in the hole
+            HOLE.1 - 0x800, // straddles the end of the hole
+            end - 0x800,    // runs past the end of RAM
+            end,            // beyond RAM
+            u64::MAX - 0xfff,
+        ] {
+            assert!(table_at(&ram, pa).is_none(), "{pa:#x}");
+        }
+
+        // A PML4 at the last page below the hole whose entries point at
+        // each of those places, and at itself (so the walk also meets them
+        // as lower-level tables): every table the walk asks for outside RAM
+        // is refused, and the walk ends.
+        let mut pml4 = below.clone();
+        let targets = [HOLE.0 - 0x1000, HOLE.0, HOLE.1 - 0x1000, end, end - 0x1000];
+        for (i, pa) in targets.iter().enumerate() {
+            let e = pa | 1;
+            pml4[0x3000 + i * 8..0x3000 + i * 8 + 8].copy_from_slice(&e.to_le_bytes());
+        }
+        let ram = [
+            RamRegion::new(HOLE.0 - 0x4000, &pml4),
+            RamRegion::new(HOLE.1, &above),
+        ];
+        let asked = std::cell::RefCell::new(Vec::new());
+        walk_page_tables(HOLE.0 - 0x1000, &|pa| {
+            let t = table_at(&ram, pa);
+            asked.borrow_mut().push((pa, t.is_some()));
+            t
+        });
+        let asked = asked.into_inner();
+        for pa in [HOLE.0, end] {
+            assert!(asked.contains(&(pa, false)), "{pa:#x} not refused");
+        }
+        assert!(asked
+            .iter()
+            .all(|&(pa, read)| !read || pa == HOLE.0 - 0x1000 || pa == end - 0x1000));
+        // CR3 itself outside RAM: no walk at all.
+        for cr3 in [HOLE.0, end, u64::MAX] {
+            assert!(walk_page_tables(cr3, &|pa| table_at(&ram, pa)).is_empty());
+        }
+    }
 }

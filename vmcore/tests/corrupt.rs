@@ -163,3 +163,27 @@ fn specific_damage_gives_specific_errors() {
         Err(ReadError::BadHeader(_))
     ));
 }
+
+/// The `vmcore_reader` fuzz target's committed seed: a whole small vmcore
+/// (4 vCPUs, 4 KiB per RAM region). `UPDATE_FUZZ_SEED=1` rewrites it.
+#[test]
+fn reader_fuzz_seed_is_a_valid_vmcore() {
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/vmcore_reader/small-4cpu"
+    );
+    if std::env::var_os("UPDATE_FUZZ_SEED").is_some() {
+        let dir = test_dir("reader-seed");
+        let mut g = guest(&[0, 1, 2, 3], &[]);
+        g.low.truncate(4 << 10);
+        g.high.truncate(4 << 10);
+        let bytes = std::fs::read(dump(&g, &dir)).expect("read");
+        std::fs::create_dir_all(std::path::Path::new(seed).parent().expect("dir")).expect("mkdir");
+        std::fs::write(seed, bytes).expect("write seed");
+    }
+    let bytes = std::fs::read(seed).expect("seed committed (UPDATE_FUZZ_SEED=1 makes it)");
+    assert!(bytes.len() < 32 << 10, "seed too big: {}", bytes.len());
+    let core = Vmcore::from_bytes(bytes.clone()).expect("seed parses");
+    assert_eq!(core.loads().len(), 2);
+    assert!(exercise(bytes).is_ok());
+}

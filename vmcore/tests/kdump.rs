@@ -553,3 +553,33 @@ fn fuzz_seed_is_current_and_valid() {
     let plan = plan_kdump_vmcore(&hdr, &input, &WriteOptions::default()).expect("seed plans");
     assert_eq!(plan.guest_notes(), 3);
 }
+
+/// Segments of a guest's elfcorehdr that reach past guest RAM: across the
+/// start or the end of a hole (as the MMIO hole splits RAM), inside it, or
+/// past the end of RAM. Each is refused before anything reads guest memory.
+#[test]
+fn segments_across_the_ram_hole_or_past_its_end_are_refused() {
+    let seed = fuzz_seed();
+    let low_end = FUZZ_RAM[0].1;
+    let (high, high_len) = FUZZ_RAM[1];
+    assert!(parse_elfcorehdr(&seed, &FUZZ_RAM).is_ok());
+    // Program headers 0..3 are the notes, 3..6 the loads.
+    for (index, start, len) in [
+        (3, low_end - 0x800, 0x1000),
+        (3, high - 0x800, 0x1000),
+        (3, high + high_len - 0x800, 0x1000),
+        (3, high + high_len, 0x1000),
+        (4, (low_end + high) / 2, 0x1000),
+        (0, low_end - 0x10, 0x180),
+        (1, high - 0x10, 0x180),
+        (2, high + high_len - 0x10, 0x100),
+    ] {
+        let mut b = seed.clone();
+        patch_load(&mut b, index, start, len);
+        let result = parse_elfcorehdr(&b, &FUZZ_RAM);
+        assert!(
+            result.is_err(),
+            "phdr {index} at {start:#x}+{len:#x} accepted: {result:?}"
+        );
+    }
+}

@@ -130,6 +130,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS",
           default_value_t = crate::kdump::DEFAULT_KDUMP_TIMEOUT.as_secs() as u32)]
     pub kdump_timeout: u32,
+    /// Per-thread seccomp filters: true (a forbidden syscall ends the VMM
+    /// with status 159), false, or log (allowed, logged by the kernel).
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: crate::seccomp::SeccompLevel,
 }
 
 /// Flags of `vmm ctl`.

@@ -181,11 +181,14 @@ impl CoalescedPio {
         std::thread::Builder::new()
             .name("serial-drain".into())
             .stack_size(64 << 10)
-            .spawn(move || loop {
-                std::thread::sleep(DRAIN_PERIOD);
-                match weak.upgrade() {
-                    Some(ring) => ring.drain(u32::MAX, &pio),
-                    None => return,
+            .spawn(move || {
+                crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::SerialDrain);
+                loop {
+                    std::thread::sleep(DRAIN_PERIOD);
+                    match weak.upgrade() {
+                        Some(ring) => ring.drain(u32::MAX, &pio),
+                        None => return,
+                    }
                 }
             })
             .map(drop)

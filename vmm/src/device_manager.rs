@@ -1,4 +1,7 @@
-//! The one place where devices are created and put on the buses.
+//! Connects the guest platform to KVM: the irqfds of COM1 and the SCI and
+//! the MSI sender crash-control uses. The devices themselves are created
+//! and put on the buses in one place, `devices::platform::wire_platform`
+//! (which the `device_bus` fuzz target also runs).
 //!
 //! Every port, length and GSI is a named constant from `guest_abi::ports`;
 //! the vCPU loop only sees the resulting buses.
@@ -6,18 +9,11 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::acpi_pm::{Pm1ControlBlock, Pm1EventBlock};
-use devices::crash_control::{CpuInterrupt, CrashControl};
+use devices::crash_control::CpuInterrupt;
 use devices::guest_ram::GuestRam;
-use devices::kdump::Kdump;
-use devices::pm_timer::{HostClock, PmTimer};
-use devices::pv_vmx::PvVmx;
-use devices::pvpanic::{Pvpanic, PVPANIC_LEN};
-use devices::reset::{I8042Reset, ResetControl};
-use devices::serial::{EventFdTrigger, SerialDevice};
-use devices::vmcoreinfo::Vmcoreinfo;
+use devices::platform::{wire_platform, PlatformError, PlatformSpec};
+use devices::EventSink;
 use devices::VcpuId;
-use devices::{Bus, BusError, EventSink};
 use guest_abi::ports;
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::Kvm;
@@ -25,8 +21,7 @@ use kvm_ioctls::VmFd;
 use std::os::fd::AsRawFd;
 use vmm_sys_util::eventfd::EventFd;
 
-/// The i8042 command/status port (only its reset command is emulated).
-pub const I8042_COMMAND: u16 = 0x64;
+pub use devices::platform::I8042_COMMAND;
 /// The ACPI SCI's GSI (ISA IRQ 9, as the FADT's SCI_INT says).
 pub const SCI_GSI: u32 = 9;
 
@@ -39,18 +34,9 @@ pub enum DeviceManagerError {
     /// Registering an irqfd with KVM failed.
     #[error("registering irqfd for GSI {0} failed")]
     Irqfd(u32, #[source] kvm_ioctls::Error),
-    /// Two devices overlap (a bug in this file).
-    #[error("placing a device on the bus failed")]
-    Bus(#[source] BusError),
-    /// The pvpanic event mask is invalid.
-    #[error("invalid pvpanic configuration")]
-    Pvpanic(#[source] devices::pvpanic::PvpanicError),
-    /// The pv_vmx model could not be created.
-    #[error("creating the pv_vmx device failed")]
-    PvVmx(#[source] devices::pv_vmx::PvVmxError),
-    /// The crash-control device could not be created.
-    #[error("creating the crash-control device failed")]
-    CrashControl(#[source] devices::crash_control::CrashControlError),
+    /// A device could not be created or placed.
+    #[error("wiring the devices failed")]
+    Platform(#[source] PlatformError),
     /// Duplicating the VM fd for MSI delivery failed.
     #[error("duplicating the VM fd failed")]
     DupVmFd(#[source] std::io::Error),
@@ -173,118 +159,39 @@ impl Write for SharedWriter {
 }
 
 /// The serial device as the VMM holds it.
-pub type Serial = SerialDevice<EventFdTrigger>;
+pub use devices::platform::Serial;
 
 /// The wired buses and the devices the VMM talks to directly.
-#[derive(Debug)]
-pub struct Devices {
-    /// Port I/O devices.
-    pub pio: Bus,
-    /// MMIO devices (none yet: the APICs are in KVM).
-    pub mmio: Bus,
-    /// COM1, for host input.
-    pub serial: Arc<Mutex<Serial>>,
-    /// The PM1a event block, for the power button.
-    pub pm1_events: Arc<Mutex<Pm1EventBlock<EventFdTrigger>>>,
-    /// The VMX model, for its per-vCPU state.
-    pub pv_vmx: Arc<Mutex<PvVmx>>,
-    /// Crash injection.
-    pub crash_control: Arc<Mutex<CrashControl>>,
-    /// The guest's VMCOREINFO registration.
-    pub vmcoreinfo: Arc<Mutex<Vmcoreinfo>>,
-    /// kdump handover state.
-    pub kdump: Arc<Mutex<Kdump>>,
-}
+pub use devices::platform::Platform as Devices;
 
-/// Creates the devices and registers them: COM1 (irqfd on its GSI), the
-/// ACPI PM1a event and control blocks, the PM timer, the reset control
-/// register, the i8042 reset command, the pvpanic device (unless its mask
-/// is 0), and the paravirtual pv_vmx, crash-control, vmcoreinfo and kdump
-/// devices at their `guest_abi::ports`.
+/// Registers COM1's and the SCI's interrupt lines as irqfds and an MSI
+/// sender for crash-control, then wires every device at its
+/// `guest_abi::ports` address ([`devices::platform::wire_platform`], which
+/// the `device_bus` fuzz target also uses).
 pub fn create_devices(
     vm: &VmFd,
     spec: DeviceSpec<'_>,
     events: Arc<dyn EventSink>,
     serial_out: SharedWriter,
 ) -> Result<Devices, DeviceManagerError> {
-    let pvpanic_events = spec.pvpanic_events;
-    let mut pio = Bus::new();
-    let mut add = |dev: devices::SharedDevice, port: u16, len: u16| {
-        pio.insert(dev, u64::from(port), u64::from(len))
-            .map_err(DeviceManagerError::Bus)
-    };
-
     let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
     vm.register_irqfd(&com1_irq, ports::COM1_IRQ)
         .map_err(|e| DeviceManagerError::Irqfd(ports::COM1_IRQ, e))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger::new(com1_irq),
-        Box::new(serial_out),
-    )));
-    add(serial.clone(), ports::COM1, ports::COM1_LEN)?;
-
     let sci = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
     vm.register_irqfd(&sci, SCI_GSI)
         .map_err(|e| DeviceManagerError::Irqfd(SCI_GSI, e))?;
-    let pm1_events = Arc::new(Mutex::new(Pm1EventBlock::new(EventFdTrigger::new(sci))));
-    add(pm1_events.clone(), ports::PM1A_EVT_BLK, ports::PM1A_EVT_LEN)?;
-    add(
-        Arc::new(Mutex::new(Pm1ControlBlock::new(events.clone()))),
-        ports::PM1A_CNT_BLK,
-        ports::PM1A_CNT_LEN,
-    )?;
-    add(
-        Arc::new(Mutex::new(PmTimer::new(HostClock::default()))),
-        ports::PM_TMR_BLK,
-        ports::PM_TMR_LEN,
-    )?;
-    add(
-        Arc::new(Mutex::new(ResetControl::new(events.clone()))),
-        ports::RESET_CONTROL,
-        1,
-    )?;
-    add(
-        Arc::new(Mutex::new(I8042Reset::new(events.clone()))),
-        I8042_COMMAND,
-        1,
-    )?;
-    let pv_vmx = Arc::new(Mutex::new(
-        PvVmx::new(spec.cpus, spec.ram).map_err(DeviceManagerError::PvVmx)?,
-    ));
-    add(pv_vmx.clone(), ports::PV_VMX, ports::PV_VMX_LEN)?;
     let interrupt = Arc::new(MsiInterrupt::new(spec.kvm, vm)?);
-    let crash_control = Arc::new(Mutex::new(
-        CrashControl::new(spec.cpus, interrupt, events.clone())
-            .map_err(DeviceManagerError::CrashControl)?,
-    ));
-    add(
-        crash_control.clone(),
-        ports::CRASH_CONTROL,
-        ports::CRASH_CONTROL_LEN,
-    )?;
-    let vmcoreinfo = Arc::new(Mutex::new(Vmcoreinfo::new(events.clone())));
-    add(vmcoreinfo.clone(), ports::VMCOREINFO, ports::VMCOREINFO_LEN)?;
-    let kdump = Arc::new(Mutex::new(Kdump::new(events.clone())));
-    add(kdump.clone(), ports::KDUMP, ports::KDUMP_LEN)?;
-    if pvpanic_events != 0 {
-        let pvpanic = Pvpanic::new(pvpanic_events, events).map_err(DeviceManagerError::Pvpanic)?;
-        add(
-            Arc::new(Mutex::new(pvpanic)),
-            ports::PVPANIC,
-            PVPANIC_LEN as u16,
-        )?;
-    }
-
-    Ok(Devices {
-        pio,
-        mmio: Bus::new(),
-        serial,
-        pm1_events,
-        pv_vmx,
-        crash_control,
-        vmcoreinfo,
-        kdump,
+    wire_platform(PlatformSpec {
+        cpus: spec.cpus,
+        ram: spec.ram,
+        pvpanic_events: spec.pvpanic_events,
+        com1_irq,
+        sci,
+        interrupt,
+        events,
+        serial_out: Box::new(serial_out),
     })
+    .map_err(DeviceManagerError::Platform)
 }
 
 #[cfg(test)]

@@ -66,6 +66,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(exit_code::BAD_INPUT, &e),
             };
+            if let Err(e) = vmm::seccomp::configure(args.seccomp) {
+                return fail(exit_code::VMM_ERROR, &e);
+            }
             let console = matches!(config.serial, vmm::SerialOutput::Stdio);
             let mut vmm = match Vmm::new(config) {
                 Ok(v) => v,

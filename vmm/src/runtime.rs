@@ -374,8 +374,11 @@ impl Vmm {
         // Last, so that a failure above leaves no socket behind.
         let (qmp, qmp_requests, qmp_events) = match &cfg.api_socket {
             Some(path) => {
-                let (server, requests) =
-                    qmp::QmpServer::start(qmp::ServerConfig::new(path)).map_err(Error::Qmp)?;
+                let mut config = qmp::ServerConfig::new(path);
+                config.on_thread_start = Some(qmp::ThreadHook::new(|| {
+                    crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::Api)
+                }));
+                let (server, requests) = qmp::QmpServer::start(config).map_err(Error::Qmp)?;
                 let events = server.broadcaster();
                 (Some(server), Some(requests), Some(events))
             }
@@ -555,6 +558,7 @@ impl Vmm {
         let worker = std::thread::Builder::new()
             .name("vmcore-dump".into())
             .spawn(move || {
+                crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::DumpWriter);
                 let result = capture.write(&path, paging, &mut progress);
                 if let Some(bar) = bar {
                     bar.finish_and_clear();
@@ -827,6 +831,8 @@ impl Vmm {
         }
         manager.add_subscriber(Box::new(self.kdump.subscriber(self.mailbox.clone())));
         self.vm.start(self.fault_reporter())?;
+        // Steady state: every fd the loop needs exists.
+        crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::Main);
         loop {
             manager
                 .run()

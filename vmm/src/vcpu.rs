@@ -570,6 +570,8 @@ impl Vcpu {
             immediate_exit,
         });
 
+        // Steady state: the vCPU is set up and reachable by kicks.
+        crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::Vcpu);
         let mut state = VcpuState::Running;
         while state != VcpuState::Exited {
             state = match state {
