@@ -500,17 +500,29 @@ fn a_serial_flood_keeps_qmp_prompt_and_memory_bounded() {
     let mut replies = 0;
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
     // Ask as fast as replies come until the guest says the flood is over.
+    let mut failed = None;
     let done = std::thread::scope(|s| {
         let waiter = s.spawn(|| vm.wait_for_guest("faults: serial flood of"));
         while !waiter.is_finished() && Instant::now() < deadline {
             let t = Instant::now();
-            let st = c.execute("query-status", None).expect("query-status");
-            worst = worst.max(t.elapsed());
-            replies += 1;
-            assert_eq!(st["status"], "running", "{st}");
+            match c.execute("query-status", None) {
+                Ok(st) => {
+                    worst = worst.max(t.elapsed());
+                    replies += 1;
+                    assert_eq!(st["status"], "running", "{st}");
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        waiter.join().expect("waiter")
+        waiter.join()
     });
+    if let Some(e) = failed {
+        panic!("query-status: {e:?}; VMM output:\n{}", vm.transcript());
+    }
+    let done = done.expect("waiter");
     assert!(done.contains(&FLOOD.to_string()), "{done}");
     let rss_after = vm_rss_kib(vm.pid());
     eprintln!(
