@@ -115,6 +115,17 @@ global_asm!(
     .balign 4
     .popsection
 
+    /* KERNEL_DS in ds, es and ss; null fs and gs (64-bit code). */
+    .macro load_flat_data_segments
+    mov ${ds}, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    .endm
+
     .pushsection .text.boot32, "ax"
     .code32
     .globl pvh_start32
@@ -151,13 +162,7 @@ enter_long_mode:
     lgdt boot_gdt_ptr
     ljmp ${cs64}, $2f
     .code64
-2:  mov ${ds}, %eax
-    mov %eax, %ds
-    mov %eax, %es
-    mov %eax, %ss
-    xor %eax, %eax
-    mov %eax, %fs
-    mov %eax, %gs
+2:  load_flat_data_segments
     mov %esi, %esi                  /* upper halves are undefined after */
     mov %ebp, %ebp                  /* the mode switch: zero-extend */
     jmp *%rbp
@@ -183,13 +188,7 @@ capture_start64:
     lea 4f(%rip), %rax
     pushq %rax
     lretq
-4:  mov ${ds}, %eax
-    mov %eax, %ds
-    mov %eax, %es
-    mov %eax, %ss
-    xor %eax, %eax
-    mov %eax, %fs
-    mov %eax, %gs
+4:  load_flat_data_segments
     mov %rsi, %rdi
     mov $1, %esi
     xor %ebp, %ebp

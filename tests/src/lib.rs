@@ -484,3 +484,21 @@ impl Drop for VmmProcess {
         }
     }
 }
+
+/// A QMP client on `socket`, with [`DEFAULT_TIMEOUT`] on every read.
+pub fn qmp_connect(socket: &std::path::Path) -> qmp::QmpClient {
+    qmp::QmpClient::connect_with_timeout(socket, Some(DEFAULT_TIMEOUT)).expect("QMP connect")
+}
+
+/// Reads events until one named `name` arrives (each read bounded by the
+/// client's timeout).
+pub fn next_event(client: &mut qmp::QmpClient, name: &str) -> qmp::EventMessage {
+    loop {
+        let e = client
+            .next_event()
+            .unwrap_or_else(|e| panic!("waiting for {name}: {e:?}"));
+        if e.event == name {
+            return e;
+        }
+    }
+}

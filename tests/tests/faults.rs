@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qmp::QmpClient;
 use serde_json::json;
-use tests::{socket_path, summary, vmm_binary, GuestRun, VmmProcess, DEFAULT_TIMEOUT};
+use tests::{
+    next_event, qmp_connect, socket_path, summary, vmm_binary, GuestRun, VmmProcess,
+    DEFAULT_TIMEOUT,
+};
 use vmcore::{CheckOptions, CheckReport, Verdict, Vmcore};
 use vmm::{DumpRequest, Notification, RunState, VmConfig};
 
@@ -130,21 +132,6 @@ fn only_vmcore_in(dir: &Path) -> PathBuf {
         "{files:?}"
     );
     files[0].clone()
-}
-
-fn qmp_connect(socket: &Path) -> QmpClient {
-    QmpClient::connect_with_timeout(socket, Some(DEFAULT_TIMEOUT)).expect("QMP connect")
-}
-
-fn next_event(client: &mut QmpClient, name: &str) -> qmp::EventMessage {
-    loop {
-        let e = client
-            .next_event()
-            .unwrap_or_else(|e| panic!("waiting for {name}: {e:?}"));
-        if e.event == name {
-            return e;
-        }
-    }
 }
 
 /// `vmm run` with QMP and a dump directory, booted to the summary line.

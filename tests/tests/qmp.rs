@@ -7,9 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use qmp::{ClientError, ErrorClass, EventMessage, QmpClient};
+use qmp::{ClientError, ErrorClass};
 use serde_json::{json, Value};
-use tests::{socket_path, summary, vmm_binary, VmmProcess, DEFAULT_TIMEOUT};
+use tests::{
+    next_event, qmp_connect, socket_path, summary, vmm_binary, VmmProcess, DEFAULT_TIMEOUT,
+};
 
 fn start(name: &str, cpus: &str, cmdline: &str) -> (VmmProcess, PathBuf) {
     let socket = socket_path(name);
@@ -28,21 +30,6 @@ fn start(name: &str, cpus: &str, cmdline: &str) -> (VmmProcess, PathBuf) {
     (process, socket)
 }
 
-fn connect(socket: &Path) -> QmpClient {
-    QmpClient::connect_with_timeout(socket, Some(DEFAULT_TIMEOUT)).expect("QMP connect")
-}
-
-fn next_event(client: &mut QmpClient, name: &str) -> EventMessage {
-    loop {
-        let e = client
-            .next_event()
-            .unwrap_or_else(|e| panic!("waiting for {name}: {e:?}"));
-        if e.event == name {
-            return e;
-        }
-    }
-}
-
 fn command_error(result: Result<Value, ClientError>) -> qmp::CommandError {
     match result {
         Err(ClientError::Command(e)) => e,
@@ -58,7 +45,7 @@ fn commands_and_events_against_the_real_guest() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     assert_eq!(c.greeting()["QMP"]["capabilities"], json!([]));
 
     let version = c.execute("query-version", None).unwrap();
@@ -221,7 +208,7 @@ fn x_inject_crash_panics_the_chosen_cpu() {
         socket.to_str().expect("utf-8"),
     ]);
     vm.wait_for_guest(&summary(2));
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     c.execute("x-inject-crash", Some(json!({"type": "panic", "cpu": 1})))
         .unwrap();
     let ack = next_event(&mut c, "CRASH_ACK");
@@ -294,7 +281,7 @@ fn vmm_ctl_runs_commands_and_prints_events() {
     });
     // The listener may not have negotiated yet: stop and resume until it
     // prints something (waiting on its output, with a deadline).
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     let deadline = std::time::Instant::now() + DEFAULT_TIMEOUT;
     let first = loop {
         c.execute("stop", None).unwrap();
@@ -533,7 +520,7 @@ fn a_thousand_bad_messages_are_each_answered() {
     assert_eq!(last["id"], "last", "{last}");
     assert_eq!(last["return"]["status"], "running", "{last}");
     // And the VMM itself is still fine for another client.
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     c.execute("quit", None).unwrap();
     assert_eq!(vm.wait_exit(DEFAULT_TIMEOUT), 0);
 }
@@ -549,7 +536,7 @@ fn a_live_socket_is_refused_and_a_dead_one_replaced() {
         "{}",
         second.transcript()
     );
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     assert_eq!(
         c.execute("query-status", None).unwrap()["status"],
         "running"
@@ -562,7 +549,7 @@ fn a_live_socket_is_refused_and_a_dead_one_replaced() {
     assert!(socket.exists());
     let mut third = VmmProcess::spawn(&["run", "--serial", "stdio", "--api-socket", sock]);
     third.wait_for_guest(&summary(1));
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     c.execute("quit", None).unwrap();
     assert_eq!(third.wait_exit(DEFAULT_TIMEOUT), 0);
 }
@@ -574,7 +561,7 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
     let mut lazy = UnixStream::connect(&socket).expect("connect");
     lazy.write_all(b"{\"execute\": \"qmp_capabilities\"}\r\n")
         .expect("write");
-    let mut c = connect(&socket);
+    let mut c = qmp_connect(&socket);
     // Every stop/cont pair is two events for the lazy client: far more
     // than its queue holds.
     let mut worst = std::time::Duration::ZERO;
@@ -600,7 +587,7 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
     assert!(!got.is_empty(), "nothing was sent before the disconnect");
     eprintln!("the lazy client got {} bytes, then EOF", got.len());
     // Another client is served, and quit ends the VMM cleanly.
-    let mut other = connect(&socket);
+    let mut other = qmp_connect(&socket);
     let st = other.execute("query-status", None).expect("query-status");
     assert_eq!(st["status"], "running", "{st}");
     other.execute("quit", None).expect("quit");

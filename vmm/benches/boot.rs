@@ -9,6 +9,8 @@
 //!
 //! Each VMM is stopped with SIGTERM after the line (it must exit 0).
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
@@ -21,31 +23,6 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 struct Sample {
     to_line: Duration,
     vmm_rss_kib: u64,
-}
-
-/// Total RSS and the RSS of the guest RAM mapping (the one mapping whose
-/// size is exactly the guest memory size), in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut total, mut guest, mut size) = (0, 0, 0u64);
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
-        if let Some((lo, hi)) = first.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) {
-                size = hi - lo;
-                continue;
-            }
-        }
-        if first == "Rss:" {
-            let kib: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            total += kib;
-            if size == MEMORY_BYTES {
-                guest += kib;
-            }
-        }
-    }
-    (total, guest)
 }
 
 fn one_boot(cpus: u32, kernel: Option<&str>, line: &str) -> Result<Sample, String> {
@@ -81,7 +58,7 @@ fn one_boot(cpus: u32, kernel: Option<&str>, line: &str) -> Result<Sample, Strin
         while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
     });
     let seen_at = rx.recv_timeout(LINE_TIMEOUT);
-    let (total, guest) = rss_kib(child.id());
+    let (total, guest) = common::rss_kib(child.id(), MEMORY_BYTES);
     // SAFETY: kill(2) on our own child's pid, which has not been reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().map_err(|e| format!("wait: {e}"))?;

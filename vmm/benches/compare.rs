@@ -33,6 +33,8 @@
 //! so the panic and NMI rows run QEMU with `-accel tcg,thread=single`.
 //! QEMU's KVM accelerator does not work on this host.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -211,25 +213,7 @@ fn qmp_exec(
 
 /// Total RSS minus the RSS of the guest RAM mapping(s), in KiB.
 fn rss_overhead_kib(pid: u32, mem_bytes: u64) -> u64 {
-    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut total, mut guest, mut size) = (0, 0, 0u64);
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
-        if let Some((lo, hi)) = first.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) {
-                size = hi - lo;
-                continue;
-            }
-        }
-        if first == "Rss:" {
-            let kib: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            total += kib;
-            if (mem_bytes..=mem_bytes + 8 * MIB).contains(&size) {
-                guest += kib;
-            }
-        }
-    }
+    let (total, guest) = common::rss_kib(pid, mem_bytes);
     total - guest
 }
 

@@ -621,6 +621,17 @@ impl Vmm {
     /// it now, so that another dump can start (kdump's vmcore must not be
     /// refused as busy). Other queued messages keep their order.
     pub(crate) fn settle_active_dump(&mut self) {
+        self.join_active_dump(true);
+    }
+
+    /// At the end of `run`: let a dump in progress finish its file.
+    fn wait_for_dump(&mut self) {
+        self.join_active_dump(false);
+    }
+
+    /// Joins the active dump's worker and reports its result (resuming the
+    /// guest only if `vm_alive`).
+    fn join_active_dump(&mut self, vm_alive: bool) {
         let Some(active) = self.active_dump.as_mut() else {
             return;
         };
@@ -631,27 +642,7 @@ impl Vmm {
             .mailbox
             .take_dump_finished()
             .unwrap_or_else(|| Err(DumpError::Worker("ended without a result".into())));
-        self.finish_dump(result, true);
-    }
-
-    /// At the end of `run`: let a dump in progress finish its file.
-    fn wait_for_dump(&mut self) {
-        let Some(active) = self.active_dump.as_mut() else {
-            return;
-        };
-        if active.worker.take().is_some_and(|w| w.join().is_err()) {
-            warn!("dump: the worker thread panicked");
-        }
-        let result = self
-            .mailbox
-            .take_all()
-            .into_iter()
-            .find_map(|m| match m {
-                Message::DumpFinished { result } => Some(result),
-                _ => None,
-            })
-            .unwrap_or_else(|| Err(DumpError::Worker("ended without a result".into())));
-        self.finish_dump(result, false);
+        self.finish_dump(result, vm_alive);
     }
 
     fn fault_reporter(&self) -> FaultReporter {
