@@ -26,6 +26,7 @@ pub mod event_loop;
 pub mod pvpanic_log;
 pub mod qmp_backend;
 pub mod runtime;
+pub mod scenario;
 pub mod vcpu;
 pub mod vm;
 pub mod vmcore_cmd;
