@@ -465,3 +465,88 @@ fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(w: &mut Watch, n: Notification) {
+        w.see(Event::Note(Instant::now(), n));
+    }
+
+    fn pvpanic(event: PvpanicEvent) -> Notification {
+        Notification::Guest(VmEvent::Pvpanic { event, vcpu: 2 })
+    }
+
+    fn dumped(path: &str) -> Notification {
+        Notification::DumpCompleted {
+            path: path.into(),
+            result: Ok(vmcore::DumpStats::default()),
+        }
+    }
+
+    #[test]
+    fn kdump_is_pending_from_crash_loaded_until_a_vmcore() {
+        let mut w = Watch::default();
+        w.see(Event::Line(
+            Instant::now(),
+            "Kernel panic - not syncing: x".into(),
+        ));
+        assert!(w.panic_at.is_some() && !w.kdump_pending);
+        note(&mut w, pvpanic(PvpanicEvent::CrashLoaded));
+        assert!(w.kdump_pending);
+        note(
+            &mut w,
+            Notification::Guest(VmEvent::KexecHandover {
+                vcpu: 2,
+                entry: 0,
+                elfcorehdr: 0,
+            }),
+        );
+        note(
+            &mut w,
+            Notification::Guest(VmEvent::VmcoreReady {
+                vcpu: 2,
+                elfcorehdr: 0,
+                size: 0,
+            }),
+        );
+        note(&mut w, dumped("/d/vmcore"));
+        assert!(!w.kdump_pending);
+        assert_eq!(w.vmcore.as_ref().unwrap().0, PathBuf::from("/d/vmcore"));
+        assert_eq!(pvpanic_column(&w.marks), "CRASH_LOADED<kdump");
+        // A later dump does not replace the first vmcore.
+        note(&mut w, dumped("/d/other"));
+        assert_eq!(w.vmcore.as_ref().unwrap().0, PathBuf::from("/d/vmcore"));
+    }
+
+    #[test]
+    fn the_runners_own_dump_is_not_the_vmms() {
+        let mut w = Watch::default();
+        note(&mut w, pvpanic(PvpanicEvent::Panicked));
+        note(&mut w, pvpanic(PvpanicEvent::Shutdown));
+        assert!(!w.kdump_pending);
+        w.closed = true;
+        note(&mut w, dumped("/d/runner-vmcore.elf"));
+        assert!(w.vmcore.is_none());
+        assert_eq!(pvpanic_column(&w.marks), "PANICKED (no kdump)");
+        note(&mut w, Notification::Shutdown(crate::ExitReason::Stopped));
+        assert!(w.exited.as_deref().unwrap().starts_with("vm exited"));
+    }
+
+    #[test]
+    fn a_failed_dump_is_kept_as_an_error() {
+        let mut w = Watch::default();
+        note(
+            &mut w,
+            Notification::DumpCompleted {
+                path: "/d/x".into(),
+                result: Err("disk full".into()),
+            },
+        );
+        assert!(w.vmcore.is_none());
+        assert_eq!(w.dump_errors, ["disk full"]);
+        w.see(Event::Failed("boom".into()));
+        assert_eq!(w.exited.as_deref(), Some("vmm failed: boom"));
+    }
+}
