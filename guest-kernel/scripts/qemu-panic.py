@@ -19,7 +19,10 @@ from elftools.elf.elffile import ELFFile
 
 KERNEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/guest/release/guest-kernel")
 WORK = os.environ.get("QEMU_PANIC_WORK", "/tmp/qemu-panic")
-TERMINAL = ["---[ end Kernel panic", "kexec: handover to capture kernel requested",
+# QEMU passes no kexec descriptor, so no capture kernel is ever loaded there:
+# crashkernel= only reserves, crash_kexec is a no-op, pvpanic says PANICKED
+# and the panic ends in "---[ end Kernel panic" (or a reboot with panic=).
+TERMINAL = ["---[ end Kernel panic", "kexec: jumping to capture kernel",
             "panic: rebooting", "lkdtm: notifier hangs", "panic: too many nested"]
 
 def syms():

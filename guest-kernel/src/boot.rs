@@ -15,6 +15,9 @@ use guest_kernel::x86::paging::{boot_page_tables, BootPageTables};
 
 use crate::arch::percpu::KERNEL_STACK_SIZE;
 
+// The VMMKEXEC note's name is spelled out in the asm below.
+const _: () = assert!(guest_abi::kexec::NOTE_NAME.len() == 8);
+
 /// Where the AP trampoline is copied: SIPI vector 0x08. Below 1 MiB, above
 /// where QEMU/SeaBIOS and our VMM put boot data (start_info and memmap at
 /// 0x6000-0x7fff, command line at 0x20000); checked against the memory map.
@@ -61,7 +64,20 @@ pub fn trampoline_code() -> &'static [u8] {
 //
 // pvh_start32 (PVH entry): flat 32-bit protected mode, paging off,
 //   interrupts off, ebx = hvm_start_info physical address.
-//   Calls kmain(rdi = start_info) on CPU 0's kernel stack; never returns.
+//   Calls kmain(rdi = start_info, rsi = 0) on CPU 0's kernel stack; never
+//   returns.
+// kexec_entry64 (the capture kernel's entry, named by the VMMKEXEC note;
+//   the first kernel jumps to the VMM's copy of it, guest_abi::kexec):
+//   64-bit mode, interrupts off, rdi = the capture kernel's CR3 (the VMM's
+//   page tables), rsi = its hvm_start_info physical address. Position
+//   independent: it runs at the copy's physical address, identity-mapped in
+//   both the old and the new page tables. Loads CR3, then jumps to
+//   capture_start64 at its link-time address (which the new tables map onto
+//   the copy). Clobbers rax.
+// capture_start64: loads the boot GDT, CPU 0's kernel stack, reloads CS
+//   (lretq) and the data segments, and calls kmain(rdi = start_info,
+//   rsi = 1: entered by kexec); never returns. Every register but rsi is
+//   taken as garbage from the first kernel.
 // ap_start32 (from the trampoline): flat 32-bit protected mode, data
 //   segments = KERNEL_DS. Finds its CPU number from its LAPIC's ID in
 //   APIC_TO_CPU (filled by the BSP), takes that CPU's kernel stack and calls
@@ -85,6 +101,19 @@ global_asm!(
 
     .globl __layout_page_tables
     .set __layout_page_tables, {page_tables}
+
+    /* VMMKEXEC note (guest_abi::kexec): desc = kexec_entry64's link-time
+       address. */
+    .pushsection .note.vmmkexec, "a"
+    .balign 4
+    .long 9                         /* namesz: "VMMKEXEC" + NUL */
+    .long 8                         /* descsz */
+    .long {kexec_note_type}
+    .asciz "VMMKEXEC"
+    .balign 4
+    .quad kexec_entry64
+    .balign 4
+    .popsection
 
     .pushsection .text.boot32, "ax"
     .code32
@@ -136,6 +165,33 @@ enter_long_mode:
 bsp_start64:
     lea KERNEL_STACKS+{stack_size}(%rip), %rsp
     mov %rsi, %rdi
+    xor %esi, %esi
+    xor %ebp, %ebp
+    call kmain
+    ud2
+
+    .globl kexec_entry64
+kexec_entry64:
+    mov %rdi, %cr3
+    movabs $capture_start64, %rax
+    jmp *%rax
+
+capture_start64:
+    lgdt boot_gdt_ptr(%rip)
+    lea KERNEL_STACKS+{stack_size}(%rip), %rsp
+    pushq ${cs64}
+    lea 4f(%rip), %rax
+    pushq %rax
+    lretq
+4:  mov ${ds}, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    mov %rsi, %rdi
+    mov $1, %esi
     xor %ebp, %ebp
     call kmain
     ud2
@@ -197,6 +253,7 @@ ap_trampoline_end:
     .popsection
     "#,
     note_type = const XEN_ELFNOTE_PHYS32_ENTRY,
+    kexec_note_type = const guest_abi::kexec::NT_KEXEC_ENTRY64,
     page_tables = const PAGE_TABLES,
     cs64 = const KERNEL_CS,
     cs32 = const BOOT_CS32,

@@ -1,116 +1,16 @@
 //! The kernel command line, parsed the way Linux's `next_arg()` does.
 //!
-//! Parameters are separated by spaces; each is `key` or `key=value`. Double
-//! quotes group spaces (`key="a b"` or `"key=a b"`) and are stripped from the
-//! value. As in Linux, `-` and `_` are the same in a key. Parsing works on
-//! bytes (no UTF-8 validation, which is precompiled SSE code in `core`).
+//! The splitting itself (quotes, `-`/`_` equal in keys, numbers) lives in
+//! `guest_abi::cmdline`, so the VMM splits the line the same way when it
+//! writes the capture kernel's; this module interprets the parameters.
 
-/// One `key` or `key=value` parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Param<'a> {
-    /// The name, quotes stripped.
-    pub key: &'a [u8],
-    /// The value after the first `=`, quotes stripped; `None` for a bare key.
-    pub value: Option<&'a [u8]>,
-}
-
-/// Iterator over the parameters of a command line.
-#[derive(Clone, Debug)]
-pub struct Params<'a> {
-    rest: &'a [u8],
-}
+pub use guest_abi::cmdline::{key_eq, params, parse_u64, Param, Params};
 
 use guest_abi::pv::crash::{CrashType, CRASH_TYPES};
 
+use crate::capture::FinalAction;
 use crate::crashkernel::{self, CrashKernelSpec};
 use crate::panic_policy::{PanicConfig, Policy};
-
-/// The parameters of `cmdline` (which ends at its first NUL, if any).
-pub fn params(cmdline: &[u8]) -> Params<'_> {
-    let end = cmdline
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(cmdline.len());
-    Params {
-        rest: cmdline.get(..end).unwrap_or(&[]),
-    }
-}
-
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn strip_quotes(s: &[u8]) -> &[u8] {
-    let s = s.strip_prefix(b"\"").unwrap_or(s);
-    s.strip_suffix(b"\"").unwrap_or(s)
-}
-
-impl<'a> Iterator for Params<'a> {
-    type Item = Param<'a>;
-
-    fn next(&mut self) -> Option<Param<'a>> {
-        let start = self.rest.iter().position(|&b| !is_space(b))?;
-        let arg = self.rest.get(start..)?;
-        let mut in_quote = false;
-        let mut equals = None;
-        let mut end = arg.len();
-        for (i, &b) in arg.iter().enumerate() {
-            if is_space(b) && !in_quote {
-                end = i;
-                break;
-            }
-            if equals.is_none() && b == b'=' {
-                equals = Some(i);
-            }
-            if b == b'"' {
-                in_quote = !in_quote;
-            }
-        }
-        let word = arg.get(..end)?;
-        self.rest = arg.get(end..).unwrap_or(&[]);
-        Some(match equals {
-            None => Param {
-                key: strip_quotes(word),
-                value: None,
-            },
-            Some(eq) => Param {
-                key: strip_quotes(word.get(..eq)?),
-                value: Some(strip_quotes(word.get(eq + 1..)?)),
-            },
-        })
-    }
-}
-
-/// Whether parameter name `a` equals `b`, with `-` and `_` the same.
-pub fn key_eq(a: &[u8], b: &[u8]) -> bool {
-    let norm = |c: u8| if c == b'-' { b'_' } else { c };
-    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| norm(x) == norm(y))
-}
-
-/// Parses a decimal or `0x` hexadecimal unsigned number.
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
-    let (digits, radix) = match s.strip_prefix(b"0x").or_else(|| s.strip_prefix(b"0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &b in digits {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        } as u64;
-        if d >= radix {
-            return None;
-        }
-        value = value.checked_mul(radix)?.checked_add(d)?;
-    }
-    Some(value)
-}
 
 /// What the boot CPU does after printing the `CPUs online` summary
 /// (`post_boot=`; our knob, used by the VMM's tests).
@@ -134,6 +34,8 @@ pub struct BootConfig {
     pub post_boot: PostBoot,
     /// The panic-path knobs.
     pub panic: PanicKnobs,
+    /// The kdump knobs (capture mode and the test-only faults).
+    pub kdump: KdumpKnobs,
     /// How many known parameters had a value we could not use (they keep
     /// their defaults; the kernel reports the count).
     pub invalid: u32,
@@ -145,6 +47,7 @@ impl Default for BootConfig {
             nr_cpus: None,
             post_boot: PostBoot::Idle,
             panic: PanicKnobs::DEFAULT,
+            kdump: KdumpKnobs::default(),
             invalid: 0,
         }
     }
@@ -220,6 +123,45 @@ impl Default for PanicKnobs {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// Test-only damage to the elfcorehdr after the first kernel prepared it
+/// (`elfcorehdr_scribble=`, ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElfcorehdrScribble {
+    /// Break `e_ident`: the capture kernel must refuse the header.
+    Magic,
+    /// Make one PT_LOAD run far beyond RAM: the capture kernel does not
+    /// check PT_LOADs, the VMM's parser must refuse it.
+    Load,
+}
+
+/// The kdump knobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KdumpKnobs {
+    /// `elfcorehdr=[SIZE@]ADDR` (Linux): the first kernel's ELF core header.
+    /// Its presence makes this the capture kernel (`is_kdump_kernel()`).
+    pub elfcorehdr: Option<u64>,
+    /// `kdump_final_action=reboot|poweroff|halt` (ours; kdump's
+    /// `final_action`). `None`: by `panic=`.
+    pub final_action: Option<FinalAction>,
+    /// `kexec_corrupt_image` (ours, test-only): flip one byte of the loaded
+    /// capture image at boot, as a stray write would.
+    pub corrupt_image: bool,
+    /// `elfcorehdr_scribble=magic|load` (ours, test-only).
+    pub scribble: Option<ElfcorehdrScribble>,
+}
+
+/// Parses Linux's `elfcorehdr=[SIZE[KMG]@]ADDR[KMG]`: the address.
+pub fn parse_elfcorehdr(value: &[u8]) -> Option<u64> {
+    let addr = match value.iter().position(|&b| b == b'@') {
+        Some(at) => {
+            crashkernel::memparse(value.get(..at)?)?;
+            value.get(at + 1..)?
+        }
+        None => value,
+    };
+    crashkernel::memparse(addr).filter(|&a| a != 0)
 }
 
 /// A Linux boolean parameter: bare key or `1/y/Y/on` true, `0/n/N/off` false.
@@ -360,6 +302,37 @@ impl BootConfig {
                 Some(v) => pk.pvpanic_crash_loaded = v,
                 None => return false,
             }
+        } else {
+            return self.apply_kdump(p);
+        }
+        true
+    }
+
+    /// The kdump knobs; false if known with a bad value.
+    fn apply_kdump(&mut self, p: Param<'_>) -> bool {
+        let k = |name: &str| key_eq(p.key, name.as_bytes());
+        let kd = &mut self.kdump;
+        if k("elfcorehdr") {
+            match p.value.and_then(parse_elfcorehdr) {
+                Some(v) => kd.elfcorehdr = Some(v),
+                None => return false,
+            }
+        } else if k("kdump_final_action") {
+            match p.value.and_then(FinalAction::from_bytes) {
+                Some(v) => kd.final_action = Some(v),
+                None => return false,
+            }
+        } else if k("kexec_corrupt_image") {
+            match parse_bool(p.value) {
+                Some(v) => kd.corrupt_image = v,
+                None => return false,
+            }
+        } else if k("elfcorehdr_scribble") {
+            kd.scribble = match p.value {
+                Some(b"magic") => Some(ElfcorehdrScribble::Magic),
+                Some(b"load") => Some(ElfcorehdrScribble::Load),
+                _ => return false,
+            };
         }
         true
     }
@@ -486,5 +459,40 @@ mod tests {
             ALL_CPUS
         );
         assert_eq!(parse_i64(b"30"), Some(30));
+    }
+
+    #[test]
+    fn kdump_knobs() {
+        let c = BootConfig::parse(
+            b"elfcorehdr=0xfffc000 kdump-final-action=halt kexec_corrupt_image \
+              elfcorehdr_scribble=load nr_cpus=1",
+        );
+        assert_eq!(c.invalid, 0);
+        assert_eq!(
+            c.kdump,
+            KdumpKnobs {
+                elfcorehdr: Some(0xfff_c000),
+                final_action: Some(FinalAction::Halt),
+                corrupt_image: true,
+                scribble: Some(ElfcorehdrScribble::Load),
+            }
+        );
+        assert_eq!(BootConfig::parse(b"").kdump, KdumpKnobs::default());
+        // Linux's SIZE@ADDR form and suffixes.
+        assert_eq!(parse_elfcorehdr(b"16K@0xfffc000"), Some(0xfff_c000));
+        assert_eq!(parse_elfcorehdr(b"255M"), Some(255 << 20));
+        assert_eq!(parse_elfcorehdr(b"0"), None);
+        assert_eq!(parse_elfcorehdr(b"x@0x1000"), None);
+        let bad = BootConfig::parse(
+            b"elfcorehdr= kdump_final_action=kexec elfcorehdr_scribble=all kexec_corrupt_image=2",
+        );
+        assert_eq!(bad.invalid, 4);
+        assert_eq!(bad.kdump, KdumpKnobs::default());
+        assert_eq!(
+            BootConfig::parse(b"elfcorehdr_scribble=magic")
+                .kdump
+                .scribble,
+            Some(ElfcorehdrScribble::Magic)
+        );
     }
 }

@@ -8,25 +8,27 @@
 //!   every CPU still online. Each runs [`crash_save_cpu`] on its NMI frame,
 //!   tears down VMX (VMCLEAR, VMXOFF), acknowledges and halts. CPUs a plain
 //!   stop already took offline are not shot down: that is the 2016 bug.
-//! - [`crash_kexec`]: nothing unless `crashkernel=` reserved a region; then
-//!   `machine_crash_shutdown` (the shootdown, the panicking CPU's own save
-//!   and VMX teardown) and the handover to the capture kernel, which does
-//!   not exist yet: it is reported to the VMM and the CPU halts.
+//! - [`crash_kexec`]: nothing unless a capture kernel is loaded
+//!   (`kexec_jump`); then `machine_crash_shutdown` (the shootdown, the
+//!   panicking CPU's own save and VMX teardown), purgatory's digest check
+//!   and the jump to the capture kernel on this CPU. A corrupt image is
+//!   reported and unloaded, and the panic carries on.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use guest_abi::elfnote::{CrashNote, CRASH_NOTE_BYTES};
+use guest_kernel::cmdline::ElfcorehdrScribble;
 use guest_kernel::crashnote::{prstatus_from_frame, SegmentState};
-use guest_kernel::elfcorehdr::{build_elfcorehdr, CoreHdrLayout, PhysRange};
+use guest_kernel::elfcorehdr::{build_elfcorehdr, scribble_elfcorehdr, CoreHdrLayout, PhysRange};
 use guest_kernel::x86::trapframe::TrapFrame;
 use guest_kernel::MAX_CPUS;
 
-use crate::arch::cpu::{cli, data_selectors, halt_forever, IA32_FS_BASE, IA32_GS_BASE};
+use crate::arch::cpu::{cli, data_selectors, IA32_FS_BASE, IA32_GS_BASE};
 use crate::arch::traps::{register_irq_handler, register_nmi_handler, NmiAction};
 use crate::arch::{apic, percpu::current_cpu};
 use crate::time::Deadline;
-use crate::{console, panic, pv, smp};
+use crate::{console, kexec_jump, panic, pv, smp};
 
 // The stop loop: where every stopped CPU halts for good (with interrupts
 // off; an NMI runs its handler and returns here). Its bounds are published
@@ -387,7 +389,8 @@ pub fn panic_smp_self_stop(cpu: usize) -> ! {
 static CRASHK_START: AtomicU64 = AtomicU64::new(0);
 static CRASHK_END: AtomicU64 = AtomicU64::new(0);
 
-/// Records the reserved crashkernel region: a crash kernel counts as loaded.
+/// Records the reserved crashkernel region (a crash kernel counts as loaded
+/// only once `kexec_jump::load` accepted the VMM's descriptor for it).
 pub fn set_crashkernel(start: u64, end: u64) {
     CRASHK_START.store(start, Ordering::Relaxed);
     CRASHK_END.store(end, Ordering::Release);
@@ -395,15 +398,19 @@ pub fn set_crashkernel(start: u64, end: u64) {
 
 /// Most RAM ranges the elfcorehdr describes (the PVH memmap has a handful).
 const MAX_RAM_RANGES: usize = 32;
-/// Room for the elfcorehdr at the end of the crashkernel region.
-const ELFCOREHDR_MAX: u64 = 16 * 1024;
-/// Where the elfcorehdr was built (0: none).
-static ELFCOREHDR: AtomicU64 = AtomicU64::new(0);
+/// Room for the elfcorehdr at the end of the crashkernel region (the VMM
+/// leaves it free and names it on the capture kernel's command line).
+const ELFCOREHDR_MAX: u64 = guest_abi::kexec::ELFCOREHDR_RESERVE;
 
 /// Prepares the elfcorehdr in the last 16 KiB of the crashkernel region,
 /// as `kexec -p` does when it loads the crash kernel: a PT_NOTE per CPU's
 /// crash note, one for VMCOREINFO, and PT_LOADs for RAM minus the region.
-pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u64, u64)) {
+/// `scribble`: the test-only `elfcorehdr_scribble=` damage, applied after.
+pub fn prepare_elfcorehdr(
+    ram: &[guest_abi::pvh::HvmMemmapEntry],
+    vmcoreinfo: (u64, u64),
+    scribble: Option<ElfcorehdrScribble>,
+) {
     let (start, end) = (
         CRASHK_START.load(Ordering::Relaxed),
         CRASHK_END.load(Ordering::Acquire),
@@ -440,13 +447,27 @@ pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u
     let buf = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, ELFCOREHDR_MAX as usize) };
     match build_elfcorehdr(&layout, buf) {
         Ok(size) => {
-            ELFCOREHDR.store(at, Ordering::Release);
             console::line()
                 .str("kexec: elfcorehdr at ")
                 .hex(at)
                 .str(" (")
                 .dec(size as u64)
                 .str(" bytes)\n");
+            if let Some(how) = scribble {
+                let done = scribble_elfcorehdr(buf, size, how);
+                console::line()
+                    .str("kexec: elfcorehdr_scribble=")
+                    .str(match how {
+                        ElfcorehdrScribble::Magic => "magic",
+                        ElfcorehdrScribble::Load => "load",
+                    })
+                    .str(if done {
+                        " applied"
+                    } else {
+                        " found nothing to damage"
+                    })
+                    .str(" (test only)\n");
+            }
         }
         Err(e) => console::line()
             .str("kexec: no elfcorehdr prepared: ")
@@ -456,9 +477,16 @@ pub fn prepare_elfcorehdr(ram: &[guest_abi::pvh::HvmMemmapEntry], vmcoreinfo: (u
     }
 }
 
-/// Whether a crash kernel is loaded (`kexec_crash_image != NULL`).
+/// The reserved crashkernel region `[start, end)`, if any.
+pub fn crashkernel_region() -> Option<(u64, u64)> {
+    let end = CRASHK_END.load(Ordering::Acquire);
+    (end != 0).then(|| (CRASHK_START.load(Ordering::Relaxed), end))
+}
+
+/// Whether a crash kernel is loaded (`kexec_crash_image != NULL`): a region
+/// reserved and a valid capture image in it.
 pub fn crash_kernel_loaded() -> bool {
-    CRASHK_END.load(Ordering::Acquire) != 0
+    crashkernel_region().is_some() && kexec_jump::loaded()
 }
 
 /// `machine_crash_shutdown`: stop and save the others, then this CPU.
@@ -472,20 +500,15 @@ fn machine_crash_shutdown() {
     pv::vmx::emergency_disable(me);
 }
 
-/// `__crash_kexec()`: nothing without a crash kernel.
+/// `__crash_kexec()`: nothing without a crash kernel. Otherwise
+/// `machine_crash_shutdown` and the jump; returns only when the image
+/// failed purgatory's check (the panic then goes on without kdump).
 pub fn crash_kexec() {
     if !crash_kernel_loaded() {
         return;
     }
     machine_crash_shutdown();
-    // The capture kernel would be loaded at the start of the region (there
-    // is none yet); the elfcorehdr was prepared at boot.
-    let entry = CRASHK_START.load(Ordering::Relaxed);
-    pv::kdump::kexec_handover(entry, ELFCOREHDR.load(Ordering::Acquire));
-    console::line()
-        .str("kexec: handover to capture kernel requested (capture kernel not implemented yet)\n");
-    console::panic_flush();
-    halt_forever()
+    kexec_jump::kexec_crash();
 }
 
 /// Prints every CPU's crash-path state (panic_print 0x40).

@@ -253,6 +253,40 @@ pub fn write_vmcoreinfo_note(buf: &mut [u8], text: &[u8]) -> Result<usize, Elfco
     Ok(needed)
 }
 
+/// `p_filesz`/`p_memsz` the `load` scribble gives a PT_LOAD: 1 TiB, far
+/// beyond any RAM this VMM gives a guest.
+pub const SCRIBBLE_LOAD_LEN: u64 = 1 << 40;
+
+/// Test-only damage to a built header of `len` bytes (the
+/// `elfcorehdr_scribble=` knob): `Magic` breaks `e_ident`, `Load` makes the
+/// first PT_LOAD [`SCRIBBLE_LOAD_LEN`] long. Returns whether it found
+/// something to damage.
+pub fn scribble_elfcorehdr(
+    buf: &mut [u8],
+    len: usize,
+    how: crate::cmdline::ElfcorehdrScribble,
+) -> bool {
+    use crate::cmdline::ElfcorehdrScribble;
+    match how {
+        ElfcorehdrScribble::Magic => put(buf, 1, *b"X"),
+        ElfcorehdrScribble::Load => {
+            let mut at = EHDR_SIZE;
+            while at + PHDR_SIZE <= len {
+                let is_load = buf
+                    .get(at..)
+                    .and_then(|s| s.first_chunk::<4>())
+                    .is_some_and(|t| u32::from_le_bytes(*t) == PT_LOAD);
+                if is_load {
+                    return put(buf, at + 32, SCRIBBLE_LOAD_LEN.to_le_bytes())
+                        & put(buf, at + 40, SCRIBBLE_LOAD_LEN.to_le_bytes());
+                }
+                at += PHDR_SIZE;
+            }
+            false
+        }
+    }
+}
+
 fn put<const N: usize>(buf: &mut [u8], at: usize, bytes: [u8; N]) -> bool {
     match buf.get_mut(at..).and_then(|s| s.first_chunk_mut::<N>()) {
         Some(dst) => {
@@ -394,6 +428,39 @@ mod tests {
             ph[7],
             (PT_LOAD, 7, 0x500_0000, 0x500_0000, 0x500_0000, above, above, 0)
         );
+    }
+
+    #[test]
+    fn scribbles_break_what_they_say() {
+        use crate::cmdline::ElfcorehdrScribble;
+        let ram = [
+            PhysRange::new(0, 0x9_f000),
+            PhysRange::new(0x10_0000, 0x7f0_0000),
+        ];
+        let ck = PhysRange::new(0x400_0000, 0x100_0000);
+        let mut buf = [0u8; 4096];
+        let len = build_elfcorehdr(&layout(&ram, ck), &mut buf).unwrap();
+        let clean = buf;
+        assert!(scribble_elfcorehdr(
+            &mut buf,
+            len,
+            ElfcorehdrScribble::Magic
+        ));
+        assert_eq!(&buf[..4], b"\x7fXLF");
+        assert_eq!(buf[4..], clean[4..]);
+        let mut buf = clean;
+        assert!(scribble_elfcorehdr(&mut buf, len, ElfcorehdrScribble::Load));
+        let ph = phdrs(&buf);
+        assert_eq!(ph[5].0, PT_LOAD);
+        assert_eq!((ph[5].5, ph[5].6), (SCRIBBLE_LOAD_LEN, SCRIBBLE_LOAD_LEN));
+        assert_eq!(ph[6], phdrs(&clean)[6], "only the first PT_LOAD");
+        // A header without PT_LOADs has nothing to scribble on.
+        let mut buf = clean;
+        assert!(!scribble_elfcorehdr(
+            &mut buf,
+            EHDR_SIZE + 5 * PHDR_SIZE,
+            ElfcorehdrScribble::Load
+        ));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! policy (`panic_policy`), the kmsg ring (`kmsg`), notifier ordering
 //! (`notifier`), crash-note contents (`crashnote`), `crashkernel=`
 //! placement (`crashkernel`), the VMCOREINFO note (`vmcoreinfo`), the
-//! elfcorehdr (`elfcorehdr`) and the pv device register sequences (`pvdev`,
+//! elfcorehdr (`elfcorehdr`), the kexec descriptor checks (`kexec`), the
+//! capture kernel's elfcorehdr and note checks (`capture`) and the pv device register sequences (`pvdev`,
 //! `pvvmx`, tested against the VMM's device models).
 //!
 //! The kernel itself (`main.rs` and the modules it declares: `boot`, `arch/`,
@@ -25,11 +26,13 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod acpi;
+pub mod capture;
 pub mod cmdline;
 pub mod crashkernel;
 pub mod crashnote;
 pub mod elfcorehdr;
 pub mod fmt;
+pub mod kexec;
 pub mod kmsg;
 pub mod memmap;
 pub mod notifier;

@@ -11,6 +11,8 @@ mod boot;
 mod console;
 mod crash;
 mod dump;
+mod kdump;
+mod kexec_jump;
 mod lkdtm;
 mod mem;
 mod panic;
@@ -89,9 +91,10 @@ extern "C" {
     static __kernel_end: u8;
 }
 
-/// `crashkernel=`: reserves the region; a crash kernel then counts as loaded.
-fn reserve_crashkernel(boot: &BootInfo, knobs: &PanicKnobs) {
-    let Some(spec) = knobs.crashkernel else {
+/// `crashkernel=`: reserves the region, then takes the capture kernel the
+/// VMM loaded into it (`kexec -p`), if any.
+fn reserve_crashkernel(boot: &BootInfo, config: &BootConfig) {
+    let Some(spec) = config.panic.crashkernel else {
         return;
     };
     let kernel_end = (&raw const __kernel_end) as u64;
@@ -106,6 +109,7 @@ fn reserve_crashkernel(boot: &BootInfo, knobs: &PanicKnobs) {
                 .str(" (")
                 .dec((end - start) >> 20)
                 .str(" MiB)\n");
+            kexec_jump::load(boot, (start, end), config.kdump.corrupt_image);
         }
         None => console::line()
             .str("crashkernel: cannot reserve ")
@@ -115,9 +119,10 @@ fn reserve_crashkernel(boot: &BootInfo, knobs: &PanicKnobs) {
     }
 }
 
-/// The boot CPU's Rust entry, from `bsp_start64` (boot.rs).
+/// The boot CPU's Rust entry, from `bsp_start64` (`from_kexec` 0) or, in
+/// the capture kernel, from `capture_start64` (`from_kexec` 1) (boot.rs).
 #[no_mangle]
-extern "C" fn kmain(start_info: u64) -> ! {
+extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
     let bsp_apic = cpu_init(0);
     apic::mask_legacy_pic();
     console::init();
@@ -140,6 +145,11 @@ extern "C" fn kmain(start_info: u64) -> ! {
             .str(" invalid value(s)\n");
     }
 
+    // Capture mode (Linux `is_kdump_kernel()`): one CPU, no VMX, no
+    // crashkernel of its own, no elfcorehdr or VMCOREINFO of its own (the
+    // first kernel's stay the registered ones).
+    let capture = from_kexec != 0 || config.kdump.elfcorehdr.is_some();
+
     panic::configure(config.panic);
     crash::init();
     lkdtm::init();
@@ -155,9 +165,13 @@ extern "C" fn kmain(start_info: u64) -> ! {
         .str(source.as_str())
         .str(")\n");
 
-    let limit = config
-        .nr_cpus
-        .map_or(MAX_CPUS, |n| (n as usize).min(MAX_CPUS));
+    let limit = if capture {
+        1
+    } else {
+        config
+            .nr_cpus
+            .map_or(MAX_CPUS, |n| (n as usize).min(MAX_CPUS))
+    };
     let order = match platform::discover_acpi(&boot) {
         Ok(p) => {
             power::configure(&p);
@@ -172,7 +186,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
             CpuList::new().boot_order(bsp_apic, 1)
         }
     };
-    if order.dropped != 0 {
+    if order.dropped != 0 && !capture {
         console::line()
             .str("smp: not starting ")
             .dec(order.dropped as u64)
@@ -183,7 +197,12 @@ extern "C" fn kmain(start_info: u64) -> ! {
     boot.memmap(); // recorded for panic_print=0x02
     pv::init();
     pvpanic::init();
-    reserve_crashkernel(&boot, &config.panic);
+    if capture {
+        cpu_online_line(0, bsp_apic);
+        smp::mark_online(0);
+        kdump::capture_main(&config);
+    }
+    reserve_crashkernel(&boot, &config);
 
     vmx_init(0);
     cpu_online_line(0, bsp_apic);
@@ -205,7 +224,11 @@ extern "C" fn kmain(start_info: u64) -> ! {
         .str("\n");
     vmx_summary(&config.panic, online);
     dump::init_vmcoreinfo();
-    crash::prepare_elfcorehdr(boot.memmap(), dump::vmcoreinfo_note());
+    crash::prepare_elfcorehdr(
+        boot.memmap(),
+        dump::vmcoreinfo_note(),
+        config.kdump.scribble,
+    );
     if let Some(req) = config.panic.crash_after_boot {
         lkdtm::crash_after_boot(req);
     }

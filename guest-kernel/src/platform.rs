@@ -1,7 +1,7 @@
 //! Boot information: `hvm_start_info`, the command line, the memory map,
 //! and ACPI tables read through the identity mapping.
 
-use guest_abi::pvh::{HvmMemmapEntry, HvmStartInfo, HVM_START_MAGIC};
+use guest_abi::pvh::{HvmMemmapEntry, HvmModlistEntry, HvmStartInfo, HVM_START_MAGIC};
 use guest_kernel::acpi::{self, AcpiError, PhysMem, Platform};
 use guest_kernel::memmap;
 use guest_kernel::x86::paging::MAPPED_BYTES;
@@ -58,6 +58,22 @@ impl BootInfo {
         let len = max.iter().position(|&b| b == 0).unwrap_or(max.len());
         // SAFETY: same range as `max`, which the identity map covers.
         unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+    }
+
+    /// PVH module 0 and its command line (up to its NUL, at most 64
+    /// bytes), if the loader passed any module.
+    pub fn module0(&self) -> Option<(HvmModlistEntry, &'static [u8])> {
+        if self.info.nr_modules == 0 {
+            return None;
+        }
+        let size = core::mem::size_of::<HvmModlistEntry>();
+        let bytes = IdentityMap.read(self.info.modlist_paddr, size)?;
+        // SAFETY: `bytes` covers a whole entry (plain integers, any bit
+        // pattern is valid); read_unaligned makes no alignment demand.
+        let module = unsafe { (bytes.as_ptr() as *const HvmModlistEntry).read_unaligned() };
+        let text = IdentityMap.read(module.cmdline_paddr, 64).unwrap_or(&[]);
+        let len = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+        Some((module, text.get(..len).unwrap_or(&[])))
     }
 
     /// `rsdp_paddr` (0: scan for it).

@@ -307,7 +307,7 @@ pub mod vmcoreinfo {
     }
 }
 
-/// The kexec handover report.
+/// The kexec handover, vmcore-ready and capture-failed reports.
 pub mod kdump {
     use super::*;
 
@@ -337,6 +337,40 @@ pub mod kdump {
             .hex(entry)
             .str(" elfcorehdr=")
             .hex(elfcorehdr)
+            .str(" status ")
+            .dec(status as u64)
+            .str("\n");
+    }
+
+    /// Sends `VMCORE_READY` (elfcorehdr, size) and logs the outcome.
+    pub fn vmcore_ready(elfcorehdr: u64, size: u64) {
+        if !present() {
+            console::line().str("kdump: no kdump device; vmcore not reported\n");
+            return;
+        }
+        let status = pvdev::kdump_vmcore_ready(&mut Ports(ports::KDUMP), elfcorehdr, size);
+        console::line()
+            .str("kdump: VMCORE_READY elfcorehdr=")
+            .hex(elfcorehdr)
+            .str(" size ")
+            .dec(size)
+            .str(" status ")
+            .dec(status as u64)
+            .str("\n");
+    }
+
+    /// Sends `CAPTURE_FAILED` (`kdumpdev::reason` code, detail) and logs it.
+    pub fn capture_failed(reason: u32, detail: u64) {
+        if !present() {
+            console::line().str("kdump: no kdump device; failure not reported\n");
+            return;
+        }
+        let status = pvdev::kdump_capture_failed(&mut Ports(ports::KDUMP), reason, detail);
+        console::line()
+            .str("kdump: CAPTURE_FAILED reason ")
+            .dec(reason as u64)
+            .str(" detail ")
+            .hex(detail)
             .str(" status ")
             .dec(status as u64)
             .str("\n");

@@ -43,6 +43,24 @@ pub fn kdump_handover(r: &mut impl PvRegs, entry: u64, elfcorehdr: u64) -> u32 {
     r.read(kdump::STATUS)
 }
 
+/// Sends VMCORE_READY (elfcorehdr GPA, its size); returns the device
+/// status (`kdump::status`).
+pub fn kdump_vmcore_ready(r: &mut impl PvRegs, elfcorehdr: u64, size: u64) -> u32 {
+    write64(r, kdump::ARG0_LO, kdump::ARG0_HI, elfcorehdr);
+    write64(r, kdump::ARG1_LO, kdump::ARG1_HI, size);
+    r.write(kdump::CMD, kdump::cmd::VMCORE_READY);
+    r.read(kdump::STATUS)
+}
+
+/// Sends CAPTURE_FAILED (`kdump::reason` code, detail); returns the device
+/// status.
+pub fn kdump_capture_failed(r: &mut impl PvRegs, reason: u32, detail: u64) -> u32 {
+    write64(r, kdump::ARG0_LO, kdump::ARG0_HI, reason as u64);
+    write64(r, kdump::ARG1_LO, kdump::ARG1_HI, detail);
+    r.write(kdump::CMD, kdump::cmd::CAPTURE_FAILED);
+    r.read(kdump::STATUS)
+}
+
 /// This CPU's pending crash command (read clears; 0 if none).
 pub fn crash_take_command(r: &mut impl PvRegs) -> u32 {
     r.read(crash::COMMAND)
@@ -159,6 +177,48 @@ mod tests {
         // No elfcorehdr: the device refuses, so the kernel always sends one.
         assert_eq!(
             kdump_handover(&mut Regs(&mut dev, 2), 0xb00_0000, 0),
+            kdump::status::BAD_ARGUMENT
+        );
+    }
+
+    #[test]
+    fn vmcore_ready_and_capture_failed_reach_the_vmm() {
+        use devices::kdump::CaptureFailure;
+        let sink = Arc::new(Sink::default());
+        let mut dev = devices::kdump::Kdump::new(sink.clone());
+        assert_eq!(
+            kdump_vmcore_ready(&mut Regs(&mut dev, 0), 0xfff_c000, 0x2d8),
+            kdump::status::OK
+        );
+        assert_eq!(
+            kdump_capture_failed(
+                &mut Regs(&mut dev, 0),
+                kdump::reason::IMAGE_CORRUPT,
+                0xdead_beef_0000_0001
+            ),
+            kdump::status::OK
+        );
+        let events = sink.0.lock().unwrap();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            VmEvent::VmcoreReady {
+                vcpu: 0,
+                elfcorehdr: 0xfff_c000,
+                size: 0x2d8
+            }
+        )));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            VmEvent::CaptureFailed {
+                vcpu: 0,
+                reason: CaptureFailure::ImageCorrupt,
+                detail: 0xdead_beef_0000_0001
+            }
+        )));
+        drop(events);
+        // A header larger than the device accepts is refused.
+        assert_eq!(
+            kdump_vmcore_ready(&mut Regs(&mut dev, 0), 0xfff_c000, 2 << 20),
             kdump::status::BAD_ARGUMENT
         );
     }

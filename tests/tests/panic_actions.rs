@@ -302,13 +302,14 @@ fn coredump_restart_writes_a_vmcore_then_boots_again() {
 #[test]
 fn crash_loaded_never_stops_the_guest() {
     // With a crash kernel loaded and the notifiers before kdump, the guest
-    // reports CRASH_LOADED, then goes on to crash_kexec (under a `pause`
-    // panic action, which CRASH_LOADED must not trigger).
+    // reports CRASH_LOADED, then goes on to crash_kexec and the capture
+    // kernel (under a `pause` panic action, which CRASH_LOADED must not
+    // trigger). The capture kernel halts when done, so the VM stays up.
     let mut vm = boot_cpus(
         "crash-loaded",
         2,
         "pause",
-        "unknown_nmi_panic crashkernel=16M crash_kexec_post_notifiers",
+        "unknown_nmi_panic crashkernel=16M crash_kexec_post_notifiers kdump_final_action=halt",
     );
     // The guest prepares its elfcorehdr after the summary line; a panic
     // before that never reaches the handover.
@@ -334,6 +335,10 @@ fn crash_loaded_never_stops_the_guest() {
     );
     vm.process
         .wait_for_vmm("vmm: kdump: KEXEC_HANDOVER from vcpu ");
+    // The capture kernel ran on, found both CPUs' notes and reported.
+    vm.process.wait_for_guest("kdump: 2/2 CPUs saved registers");
+    vm.event("VMCORE_READY");
+    vm.process.wait_for_guest("kdump: final action halt");
     assert_eq!(vm.status()["status"], "running");
     assert!(
         !vm.process.transcript().contains("GUEST_PANICKED")

@@ -1,9 +1,11 @@
 //! The panic path under each policy, read back from guest memory.
 //!
 //! Every case boots the real guest on 4 vCPUs with a crash kernel loaded
-//! (`crashkernel=64M`), the VMX model on and a kmsg dumper registered, crashes
-//! it in one of four ways, dumps guest memory through the VMM library and
-//! asserts what the seeds say must be there:
+//! (`crashkernel=64M`: the VMM loads the capture kernel), the VMX model on
+//! and a kmsg dumper registered, crashes it in one of four ways, lets the
+//! capture kernel run and halt (`kdump_final_action=halt`) where kdump is
+//! reached, dumps guest memory through the VMM library and asserts what the
+//! seeds say must be there:
 //!
 //! * which CPUs saved a valid PRSTATUS crash note (RIP in guest text);
 //! * each vCPU's VMX state as the VMM's pv-VMX model saw it;
@@ -172,7 +174,8 @@ fn run_case(policy: Policy, post: bool, crash: Crash) {
     );
     let hangs = crash == Crash::NotifierHang && (post || policy == Policy::Proposal2022);
     let mut cmdline = format!(
-        "crashkernel=64M vmx=on kmsg_dump=on panic_policy={} crash_after_boot={}@{TARGET}",
+        "crashkernel=64M vmx=on kmsg_dump=on kdump_final_action=halt panic_policy={} \
+         crash_after_boot={}@{TARGET}",
         policy.name(),
         crash.name()
     );
@@ -189,12 +192,27 @@ fn run_case(policy: Policy, post: bool, crash: Crash) {
     });
     let line = run.wait_for_line("CPUs online:");
     assert!(line.contains(&summary(CPUS)), "{case}: {line:?}");
+    // The capture kernel, which reads the same crash notes, halts after its
+    // report; the host-side dump then reads them too.
     let last = if hangs {
         "lkdtm: notifier hangs"
     } else {
-        "kexec: handover to capture kernel requested"
+        "kdump: final action halt"
     };
     run.wait_for_line(last);
+    if !hangs {
+        let saved = run
+            .transcript()
+            .iter()
+            .find(|l| l.ends_with(" CPUs saved registers"))
+            .cloned()
+            .unwrap_or_default();
+        let want_line = format!(
+            "kdump: {}/{CPUS} CPUs saved registers",
+            expected(policy, post, crash, TARGET).saved.len()
+        );
+        assert_eq!(saved, want_line, "{case}");
+    }
 
     let path = dump_dir(&case.replace([' ', '+'], "_")).join("vmcore");
     run.handle()

@@ -10,10 +10,10 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::boot::{acpi, layout, pvh};
+use crate::boot::{acpi, kexec, layout, pvh};
 use crate::cpuid::{self, CpuidParams};
 use crate::device_manager::{self, Devices, SharedWriter};
 use crate::dump::DumpSources;
@@ -124,6 +124,36 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
+/// `crashkernel=`: the VMM plays `kexec -p` (boot/kexec.rs). A refusal is
+/// a warning: the guest then boots with the reservation but nothing loaded.
+fn load_capture_kernel(memory: &GuestMemoryMmap, spec: VmSpec<'_>, ram: &[(u64, u64)], rsdp: u64) {
+    match kexec::load(memory, spec.kernel, spec.cmdline, ram, rsdp) {
+        Ok(Some(l)) => {
+            info!(
+                "kexec: capture kernel in {:#x}-{:#x}: entry {:#x}, cr3 {:#x}, start_info {:#x}, \
+                 descriptor {:#x}, elfcorehdr {:#x}, digest {:#x}",
+                l.region.0,
+                l.region.1,
+                l.entry,
+                l.cr3,
+                l.start_info,
+                l.descriptor,
+                l.elfcorehdr,
+                l.digest
+            );
+            eprintln!(
+                "vmm: kexec: capture kernel loaded at {:#x}-{:#x} (entry {:#x})",
+                l.region.0, l.region.1, l.entry
+            );
+        }
+        Ok(None) => {}
+        Err(e) => warn!(
+            "kexec: no capture kernel loaded: {}",
+            crate::dump::error_chain(&e)
+        ),
+    }
+}
+
 impl Vm {
     /// Creates the VM, loads the kernel and boot data, wires the devices and
     /// configures the vCPUs. Nothing runs yet.
@@ -164,6 +194,7 @@ impl Vm {
             .write_slice(&tables.bytes, GuestAddress(layout::ACPI_TABLES_START))
             .map_err(VmError::GuestWrite)?;
         pvh::write_boot_info(&memory, &ram, spec.cmdline, tables.rsdp_addr)?;
+        load_capture_kernel(&memory, spec, &ram, tables.rsdp_addr);
         pvh::write_boot_gdt(&memory)?;
 
         let devices = device_manager::create_devices(

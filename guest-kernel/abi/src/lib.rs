@@ -11,6 +11,8 @@
 
 #![no_std]
 
+pub mod cmdline;
+pub mod crashkernel;
 pub mod elfnote;
 pub mod kexec;
 pub mod ports;

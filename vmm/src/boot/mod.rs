@@ -2,5 +2,6 @@
 //! the PVH boot information and the ACPI tables.
 
 pub mod acpi;
+pub mod kexec;
 pub mod layout;
 pub mod pvh;

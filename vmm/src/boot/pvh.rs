@@ -241,6 +241,19 @@ pub fn write_boot_info(
     PvhBootConfigurator::write_bootparams(&params, mem).map_err(PvhError::BootParams)
 }
 
+/// Points the `hvm_start_info` that [`write_boot_info`] wrote at `count`
+/// modules at `modlist_paddr` (boot/kexec.rs: the capture kernel's
+/// descriptor). Without a call the guest sees no modules.
+pub fn set_modules(mem: &GuestMemoryMmap, modlist_paddr: u64, count: u32) -> Result<()> {
+    let mut si: hvm_start_info = mem
+        .read_obj(GuestAddress(START_INFO_ADDR))
+        .map_err(PvhError::Memory)?;
+    si.nr_modules = count;
+    si.modlist_paddr = modlist_paddr;
+    mem.write_obj(si, GuestAddress(START_INFO_ADDR))
+        .map_err(PvhError::Memory)
+}
+
 /// Flat 32-bit GDT: null, code, data, TSS (the guest replaces it).
 const BOOT_GDT: [u64; 4] = [
     0,
