@@ -127,6 +127,12 @@ pub struct RunArgs {
     /// Serve QMP (the QEMU Machine Protocol) on this Unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Seconds kdump may take from KEXEC_HANDOVER (or pvpanic
+    /// CRASH_LOADED) to VMCORE_READY before the VMM writes a host-side dump
+    /// into --dump-dir instead (KDUMP_FALLBACK); 0 disables the watchdog.
+    #[arg(long, value_name = "SECONDS",
+          default_value_t = crate::kdump::DEFAULT_KDUMP_TIMEOUT.as_secs())]
+    pub kdump_timeout: u64,
 }
 
 /// Flags of `vmm ctl`.
@@ -341,6 +347,24 @@ mod tests {
         assert!(e.contains("at least 1"), "{e}");
         let e = parse(&["run", "--memory", "lots"]).unwrap_err().to_string();
         assert!(e.contains("invalid size"), "{e}");
+    }
+
+    #[test]
+    fn kdump_timeout_flag() {
+        let timeout = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Run(r)) => Ok(r.kdump_timeout),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(timeout(&["run"]), Ok(10));
+        assert_eq!(timeout(&["run", "--kdump-timeout", "0"]), Ok(0));
+        assert_eq!(timeout(&["run", "--kdump-timeout", "120"]), Ok(120));
+        for bad in ["-1", "1.5", "ten", ""] {
+            assert!(
+                timeout(&["run", "--kdump-timeout", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -101,6 +101,25 @@ pub enum Notification {
         /// The outcome.
         result: Result<vmcore::DumpStats, String>,
     },
+    /// The VMM wrote a kdump vmcore from the guest's elfcorehdr (QMP
+    /// `KDUMP_COMPLETED`; a `DumpCompleted` for the same path came first).
+    KdumpCompleted {
+        /// The vmcore.
+        path: std::path::PathBuf,
+        /// Notes the guest's elfcorehdr contributed (crash notes, VMCOREINFO).
+        guest_notes: u64,
+    },
+    /// kdump could not deliver a vmcore, so the VMM wrote a host-side dump
+    /// instead (QMP `KDUMP_FALLBACK`; see [`crate::kdump`]).
+    KdumpFallback {
+        /// Why, as one precise line (the parser's error, the guest's reason
+        /// code, or the watchdog's timeout).
+        reason: String,
+        /// The host-side vmcore.
+        path: std::path::PathBuf,
+        /// Whether it was written (the error chain if not).
+        result: Result<(), String>,
+    },
 }
 
 /// A message to the main loop.
@@ -141,6 +160,10 @@ pub(crate) enum Message {
     Vmcoreinfo(Sender<Result<Option<(u64, u32)>, ControlError>>),
     /// A QMP command, to run on the main loop.
     Qmp(qmp::PendingRequest),
+    /// The kdump watchdog armed as `seq` expired.
+    KdumpWatchdog {
+        seq: u64,
+    },
 }
 
 /// The queue between every other thread and the main loop.

@@ -284,6 +284,27 @@ impl Capture {
         self.memory.iter().map(|r| r.len()).sum()
     }
 
+    /// Runs `f` over what a kdump vmcore takes from this capture: guest RAM
+    /// (as byte slices), registers, VMX state and the pvpanic log, with
+    /// the guest's elfcorehdr at `elfcorehdr` (GPA, length) recorded in the
+    /// `VMMKDUMP` note ([`crate::kdump`] parses and writes).
+    pub fn with_kdump_input<R>(
+        &self,
+        elfcorehdr: (u64, u64),
+        f: impl FnOnce(&vmcore::KdumpInput<'_>) -> R,
+    ) -> R {
+        // SAFETY: as in `write`: the vCPUs stay paused while the capture is
+        // held, and `ram` does not outlive `self.memory`.
+        let ram = unsafe { vmcore::ram_regions_from_guest_memory(&self.memory) };
+        f(&vmcore::KdumpInput {
+            ram: &ram,
+            cpus: &self.cpus,
+            vmx: &self.vmx,
+            pvpanic: self.pvpanic.as_ref(),
+            elfcorehdr,
+        })
+    }
+
     /// Writes the vmcore to `path` (atomically; see [`vmcore::write_vmcore`]).
     pub fn write(
         &self,

@@ -23,6 +23,7 @@ pub mod ctl;
 pub mod device_manager;
 pub mod dump;
 pub mod event_loop;
+pub mod kdump;
 pub mod pvpanic_log;
 pub mod qmp_backend;
 pub mod runtime;

@@ -116,6 +116,9 @@ pub enum Error {
     /// The QMP socket could not be served.
     #[error("cannot serve QMP")]
     Qmp(#[source] qmp::ServerError),
+    /// The kdump watchdog could not be set up.
+    #[error(transparent)]
+    Kdump(#[from] crate::kdump::KdumpError),
 }
 
 impl Error {
@@ -231,12 +234,12 @@ pub struct Vmm {
     cmdline: String,
     on_reboot: OnReboot,
     serial: SharedWriter,
-    mailbox: Arc<Mailbox>,
+    pub(crate) mailbox: Arc<Mailbox>,
     signals: Option<SignalSubscriber>,
     stdin: Option<StdinSubscriber>,
     serial_slot: SerialSlot,
     vm: Vm,
-    generation: u64,
+    pub(crate) generation: u64,
     state: RunState,
     pvpanic_events: u8,
     pub(crate) on_panic: qmp::PanicAction,
@@ -244,8 +247,9 @@ pub struct Vmm {
     qmp_requests: Option<qmp::QmpRequestReceiver>,
     qmp_events: Option<qmp::EventBroadcaster>,
     dump_dir: PathBuf,
-    dump_progress_bar: bool,
+    pub(crate) dump_progress_bar: bool,
     active_dump: Option<ActiveDump>,
+    pub(crate) kdump: crate::kdump::KdumpState,
 }
 
 /// A dump whose file a worker thread is writing; the vCPUs stay paused.
@@ -365,6 +369,7 @@ impl Vmm {
         });
         let mut vm = Vm::build(&kvm, spec, sink, serial.clone())?;
         connect_dump_sources(&mut vm, &mailbox);
+        let kdump = crate::kdump::KdumpState::new()?;
         // Last, so that a failure above leaves no socket behind.
         let (qmp, qmp_requests, qmp_events) = match &cfg.api_socket {
             Some(path) => {
@@ -397,6 +402,7 @@ impl Vmm {
             dump_dir: PathBuf::from("."),
             dump_progress_bar: false,
             active_dump: None,
+            kdump,
             kernel,
         })
     }
@@ -492,8 +498,13 @@ impl Vmm {
         result
     }
 
+    /// Whether a `dump-guest-memory` worker is still writing.
+    pub(crate) fn dump_in_progress(&self) -> bool {
+        self.active_dump.is_some()
+    }
+
     /// Tells observers and QMP clients (`DUMP_COMPLETED`) how a dump ended.
-    fn report_dump(&self, path: PathBuf, result: &Result<vmcore::DumpStats, DumpError>) {
+    pub(crate) fn report_dump(&self, path: PathBuf, result: &Result<vmcore::DumpStats, DumpError>) {
         let status = self.mailbox.dump.status();
         self.emit(qmp::QmpEvent::DumpCompleted {
             result: crate::vmcore_hooks::dump_query_result(&status),
@@ -791,6 +802,7 @@ impl Vmm {
         if let Some(stdin) = self.stdin.take() {
             manager.add_subscriber(Box::new(stdin));
         }
+        manager.add_subscriber(Box::new(self.kdump.subscriber(self.mailbox.clone())));
         self.vm.start(self.fault_reporter())?;
         loop {
             manager
@@ -819,10 +831,14 @@ impl Vmm {
                     devices::VmEvent::Reset { .. } => {
                         self.reset(true, qmp::ShutdownCause::GuestReset)
                     }
-                    devices::VmEvent::Pvpanic { event, vcpu } => self.on_pvpanic(event, vcpu),
-                    // kdump, crash-control and vmcoreinfo: reported only.
+                    devices::VmEvent::Pvpanic { event, vcpu } => {
+                        crate::kdump::on_pvpanic(self, event);
+                        self.on_pvpanic(event, vcpu)
+                    }
+                    // kdump (see crate::kdump), crash-control and vmcoreinfo.
                     other => {
                         self.on_pv_event(other);
+                        crate::kdump::on_guest_event(self, other);
                         Ok(None)
                     }
                 }
@@ -905,6 +921,10 @@ impl Vmm {
             }
             Message::DumpFinished { result } => {
                 self.finish_dump(result, true);
+                Ok(None)
+            }
+            Message::KdumpWatchdog { seq } => {
+                crate::kdump::on_watchdog(self, seq);
                 Ok(None)
             }
             Message::Status(reply) => {
@@ -1071,6 +1091,7 @@ impl Vmm {
         info!("reset: rebuilding the VM");
         self.vm.shutdown();
         self.generation += 1;
+        self.kdump.on_rebuild();
         let spec = VmSpec {
             cpus: self.cpus,
             memory: self.memory,

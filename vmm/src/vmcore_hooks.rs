@@ -73,8 +73,17 @@ pub fn dump_query_result(status: &dump::DumpStatus) -> DumpQueryResult {
 }
 
 /// Writes the host-side vmcore for a coredump panic action (vCPUs are
-/// paused when this runs) into the dump directory.
+/// paused when this runs) into the dump directory, unless kdump (or its
+/// fallback) already wrote this crash's vmcore: one crash, one file (see
+/// [`crate::kdump`]).
 pub fn write_panic_vmcore(vmm: &mut Vmm, action: PanicAction) -> Result<(), String> {
+    if let Some(path) = crate::kdump::crash_vmcore(vmm) {
+        eprintln!(
+            "vmm: {action}: this crash's vmcore is already {}; not writing another",
+            path.display()
+        );
+        return Ok(());
+    }
     let (path, stats) = vmm.dump_to_dir().map_err(|e| dump::error_chain(&e))?;
     eprintln!(
         "vmm: {action}: vmcore written to {} ({} bytes of guest RAM)",
