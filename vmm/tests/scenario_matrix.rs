@@ -4,7 +4,6 @@
 use std::process::Command;
 
 #[test]
-#[ignore = "needs the capture kernel and the VMM's kdump vmcore (branches kdump, kdumpvmm, kexecload)"]
 fn every_shipped_scenario_matches() {
     let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(["scenario", "run", "--json", "-"])

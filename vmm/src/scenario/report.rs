@@ -214,6 +214,14 @@ impl Report {
                 );
             }
         }
+        for row in self.scenarios.iter().filter(|r| r.fallback.is_some()) {
+            let _ = writeln!(
+                out,
+                "{}: the VMM fell back to a host-side dump: {}",
+                row.name,
+                row.fallback.as_deref().unwrap_or_default()
+            );
+        }
         if self.scenarios.iter().any(|r| r.runner_dump) {
             out.push_str(
                 "* no vmcore was produced; the CPU columns come from a host-side dump \
@@ -310,6 +318,7 @@ mod tests {
             saved: Some(Count { n: 4, of: 4 }),
             ..Expect::default()
         });
+        bad.fallback = Some("kdump did not report a vmcore within 3s".into());
         let report = Report::new(vec![good, bad]);
         assert!(!report.ok);
         let table = report.render();
@@ -323,7 +332,11 @@ mod tests {
         assert!(lines[2].contains("1/4*"), "{table}");
         assert!(lines[2].ends_with("MISMATCH(saved)"), "{table}");
         assert_eq!(lines[3], "bug-2016: saved: expected 4/4, got 1/4");
-        assert!(lines[4].starts_with("* no vmcore"));
+        assert_eq!(
+            lines[4],
+            "bug-2016: the VMM fell back to a host-side dump: kdump did not report a vmcore within 3s"
+        );
+        assert!(lines[5].starts_with("* no vmcore"));
         // Columns line up: every row's vmcore cell starts where the header's does.
         let col = lines[0].find("vmcore").unwrap();
         assert_eq!(&lines[1][col..col + 5], "kdump");

@@ -23,7 +23,9 @@
 //!    and their source stays `none`: no vmcore would exist in production.
 //!
 //! The vmcore source is read from the file, never assumed: a `VMMKDUMP`
-//! note makes it `kdump`, any other VMM-written vmcore is `host`.
+//! note makes it `kdump`, any other VMM-written vmcore is `host` (a
+//! coredump panic action, or the VMM's kdump fallback, whose reason the
+//! row keeps).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -194,6 +196,11 @@ impl Watch {
                 }
                 Err(e) => self.dump_errors.push(e),
             },
+            Notification::KdumpFallback { reason, .. } => {
+                // Its host-side vmcore came as a DumpCompleted just before.
+                self.fallback = Some(reason);
+                self.kdump_pending = false;
+            }
             Notification::Shutdown(reason) => self.exited = Some(format!("vm exited: {reason}")),
             _ => {}
         }
@@ -330,6 +337,9 @@ fn run_in(file: &ScenarioFile, opts: &RunOptions, dir: &Path, row: &mut Row) -> 
     };
     let mut vmm = Vmm::new(config).map_err(|e| format!("VM creation failed: {e}"))?;
     vmm.set_dump_dir(dir.to_path_buf());
+    if let Some(secs) = s.kdump_timeout {
+        vmm.set_kdump_timeout(Duration::from_secs(secs));
+    }
     let handle = vmm.handle();
     let notes = handle.subscribe();
     let note_tx = tx.clone();

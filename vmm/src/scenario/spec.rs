@@ -7,6 +7,7 @@
 //! memory = "256M"               # default 256M
 //! on_panic = "none"             # the VMM's --on-panic action; default none
 //! pvpanic_events = 7            # the device's event mask; default 0x7
+//! kdump_timeout = 3             # the VMM's --kdump-timeout (s); default the VMM's
 //!
 //! [cmdline]                     # the guest's panic knobs (all optional)
 //! panic_policy = "linux"        # linux | linux-2016 | proposal-2022
@@ -210,6 +211,9 @@ pub struct Scenario {
     /// The pvpanic device's supported events.
     #[serde(default = "default_pvpanic_events")]
     pub pvpanic_events: u8,
+    /// The VMM's kdump watchdog in seconds (`--kdump-timeout`; 0 off);
+    /// the VMM's default when absent.
+    pub kdump_timeout: Option<u64>,
     /// The guest's command-line knobs.
     #[serde(default)]
     pub cmdline: Cmdline,
