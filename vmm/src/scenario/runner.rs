@@ -54,7 +54,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             timeout: Duration::from_secs(30),
-            settle: Duration::from_secs(2),
+            settle: Duration::from_secs(3),
         }
     }
 }
