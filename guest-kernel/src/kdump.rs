@@ -7,9 +7,13 @@
 //!
 //! The first kernel's memory is read through the old-memory alias
 //! (`guest_abi::kexec::OLDMEM_ALIAS_BASE` + GPA): its `.bss`, where the crash
-//! notes live, is hidden behind this kernel's own image window.
+//! notes live, is hidden behind this kernel's own image window. Only the
+//! kexec loader maps that alias; a kernel booted directly with
+//! `elfcorehdr=` (no image window either) reads it identity-mapped.
 //!
 //! Kept lean: every instruction costs ~1 us at CPL0 on this host.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_abi::kexec::{ELFCOREHDR_RESERVE, OLDMEM_ALIAS_BASE, OLDMEM_ALIAS_SIZE};
 use guest_abi::pv::kdump::reason;
@@ -22,17 +26,23 @@ use guest_kernel::elfcorehdr::EHDR_SIZE;
 use crate::arch::cpu::halt_forever;
 use crate::{console, power, pv};
 
-/// `len` bytes of the first kernel's memory at `gpa`, through the alias.
+/// Where old memory is mapped: [`OLDMEM_ALIAS_BASE`] when entered by
+/// kexec, else 0 (identity, below 4 GiB).
+static OLDMEM_BASE: AtomicU64 = AtomicU64::new(OLDMEM_ALIAS_BASE);
+
+/// `len` bytes of the first kernel's memory at `gpa`.
 fn oldmem(gpa: u64, len: usize) -> Option<&'static [u8]> {
     let end = gpa.checked_add(len as u64)?;
-    if end > OLDMEM_ALIAS_SIZE {
+    if gpa == 0 || end > OLDMEM_ALIAS_SIZE {
         return None;
     }
-    // SAFETY: the capture kernel's page tables (built by the VMM,
-    // guest_abi::kexec) map [OLDMEM_ALIAS_BASE, + OLDMEM_ALIAS_SIZE) onto
-    // the first kernel's physical memory, and the range is inside it. The
-    // first kernel is stopped for good: nothing writes old memory now.
-    Some(unsafe { core::slice::from_raw_parts((OLDMEM_ALIAS_BASE + gpa) as *const u8, len) })
+    let base = OLDMEM_BASE.load(Ordering::Relaxed);
+    // SAFETY: entered by kexec, the capture kernel's page tables (built by
+    // the VMM, guest_abi::kexec) map [OLDMEM_ALIAS_BASE, +OLDMEM_ALIAS_SIZE)
+    // onto the first kernel's physical memory; otherwise the boot tables
+    // identity-map the same 4 GiB. The range is inside, not at null, and
+    // the first kernel is stopped for good: nothing writes old memory now.
+    Some(unsafe { core::slice::from_raw_parts((base + gpa) as *const u8, len) })
 }
 
 /// Why the capture failed: a `reason` code and its detail.
@@ -99,7 +109,11 @@ fn examine(addr: u64) -> Result<u64, Failure> {
 }
 
 /// The capture kernel's work after its (short) boot; never returns.
-pub fn capture_main(config: &BootConfig) -> ! {
+/// `from_kexec`: entered through `kexec_entry64` (the alias exists).
+pub fn capture_main(config: &BootConfig, from_kexec: bool) -> ! {
+    if !from_kexec {
+        OLDMEM_BASE.store(0, Ordering::Relaxed);
+    }
     let outcome = match config.kdump.elfcorehdr {
         Some(addr) => examine(addr).map(|size| (addr, size)),
         None => {

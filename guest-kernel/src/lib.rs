@@ -14,7 +14,7 @@
 //!
 //! The kernel itself (`main.rs` and the modules it declares: `boot`, `arch/`,
 //! `console`, `platform`, `smp`, `time`, `power`, `mem`, `panic`, `crash`,
-//! `dump`, `lkdtm`, `pv`, `pvpanic`) runs at CPL0 and
+//! `dump`, `kexec_jump`, `kdump`, `lkdtm`, `pv`, `pvpanic`) runs at CPL0 and
 //! may not call `core::fmt` or other precompiled SSE-using code (DESIGN.md
 //! section 2). Code in this library follows the same rule: no `core::fmt`,
 //! no `str::from_utf8`, and `get()` instead of indexing so that no panic path

@@ -1,4 +1,6 @@
-//! The guest kernel: PVH boot, SMP bring-up through ACPI, then idle.
+//! The guest kernel: PVH boot, SMP bring-up through ACPI, then idle. The
+//! same image is also the kdump capture kernel (`kdump.rs`), entered through
+//! `kexec_entry64` (boot.rs).
 //!
 //! Serial lines, in order (see the crate README for the contract):
 //! `guest-kernel: PVH boot`, `Command line: ...`, `tsc: <khz> kHz (<src>)`,
@@ -200,7 +202,7 @@ extern "C" fn kmain(start_info: u64, from_kexec: u64) -> ! {
     if capture {
         cpu_online_line(0, bsp_apic);
         smp::mark_online(0);
-        kdump::capture_main(&config);
+        kdump::capture_main(&config, from_kexec != 0);
     }
     reserve_crashkernel(&boot, &config);
 

@@ -69,10 +69,19 @@ fn up_to_the_panic(run: &mut GuestRun) -> (u64, Instant) {
     (hdr, Instant::now())
 }
 
+/// How long the kdump path took, as the host saw it.
+#[derive(Debug)]
+struct Timing {
+    /// From the first kernel's panic line to VMCORE_READY.
+    panic_to_ready: Duration,
+    /// From KEXEC_HANDOVER (just before the jump) to VMCORE_READY: the
+    /// capture kernel's boot and report.
+    handover_to_ready: Duration,
+}
+
 /// Waits for the handover and the capture kernel's report; checks the
-/// per-CPU lines against `saved` and returns the time from the panic line
-/// to VMCORE_READY.
-fn capture(run: &mut GuestRun, hdr: u64, panic_at: Instant, saved: &[u32]) -> Duration {
+/// per-CPU lines against `saved`.
+fn capture(run: &mut GuestRun, hdr: u64, panic_at: Instant, saved: &[u32]) -> Timing {
     let handover = run.wait_notification("KEXEC_HANDOVER", DEFAULT_TIMEOUT, |n| {
         kdump_event(n).is_some()
     });
@@ -84,6 +93,7 @@ fn capture(run: &mut GuestRun, hdr: u64, panic_at: Instant, saved: &[u32]) -> Du
     else {
         panic!("first kdump event is not KEXEC_HANDOVER: {handover:?}");
     };
+    let handover_at = Instant::now();
     assert_eq!((vcpu, elfcorehdr), (TARGET, hdr));
     let jump = run.wait_for_line("kexec: jumping to capture kernel at ");
     assert_eq!(hex_after(&jump, "kernel at "), entry, "{jump}");
@@ -114,7 +124,14 @@ fn capture(run: &mut GuestRun, hdr: u64, panic_at: Instant, saved: &[u32]) -> Du
     let ready = run.wait_notification("VMCORE_READY", DEFAULT_TIMEOUT, |n| {
         kdump_event(n).is_some()
     });
-    let took = panic_at.elapsed();
+    let timing = Timing {
+        panic_to_ready: panic_at.elapsed(),
+        handover_to_ready: handover_at.elapsed(),
+    };
+    assert!(
+        timing.handover_to_ready <= timing.panic_to_ready,
+        "the handover came before the panic line: {timing:?}"
+    );
     let Notification::Guest(VmEvent::VmcoreReady {
         elfcorehdr, size, ..
     }) = ready
@@ -124,7 +141,7 @@ fn capture(run: &mut GuestRun, hdr: u64, panic_at: Instant, saved: &[u32]) -> Du
     assert_eq!(elfcorehdr, hdr);
     let header_size = bytes_in(&found);
     assert_eq!(size, header_size, "{found}");
-    took
+    timing
 }
 
 /// `(<n> bytes)` in `line`.
@@ -134,6 +151,19 @@ fn bytes_in(line: &str) -> u64 {
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no size in {line:?}"))
+}
+
+/// The pvpanic notifier (which writes CRASH_LOADED) ran on the panicking
+/// CPU before it jumped: its console lines say so, in order. (The pvpanic
+/// log itself is checked whole once the capture kernel powered off.)
+fn crash_loaded_before_the_jump(run: &GuestRun) {
+    let at = |needle: &str| {
+        run.transcript()
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?}"))
+    };
+    assert!(at("panic: notifier pvpanic (hypervisor)") < at("kexec: jumping to capture kernel"));
 }
 
 fn pvpanic_events(run: &GuestRun) -> Vec<u32> {
@@ -167,14 +197,9 @@ fn kdump_first_every_cpu_saved_and_pvpanic_silent() {
     let mut run = boot("");
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     let took = capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
-    eprintln!("kdump_first: panic line to VMCORE_READY in {took:?}");
+    eprintln!("kdump_first: {took:?}");
     let digest = run.transcript().iter().find(|l| l.contains("digest ok"));
     eprintln!("kdump_first: {digest:?}");
-    assert!(
-        pvpanic_events(&run).is_empty(),
-        "{:?}",
-        pvpanic_events(&run)
-    );
     powers_off(run, &[]);
 }
 
@@ -184,9 +209,8 @@ fn post_notifiers_one_crash_loaded_then_capture() {
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     run.wait_for_line("panic: notifier pvpanic (hypervisor)");
     let took = capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
-    eprintln!("post_notifiers: panic line to VMCORE_READY in {took:?}");
-    // Exactly one CRASH_LOADED, before the capture kernel started.
-    assert_eq!(pvpanic_events(&run), [u32::from(PVPANIC_CRASH_LOADED)]);
+    eprintln!("post_notifiers: {took:?}");
+    crash_loaded_before_the_jump(&run);
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
@@ -195,7 +219,7 @@ fn post_notifiers_2016_capture_sees_only_the_panicking_cpu() {
     let mut run = boot("panic_policy=linux-2016 crash_kexec_post_notifiers");
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     capture(&mut run, hdr, panic_at, &[TARGET]);
-    assert_eq!(pvpanic_events(&run), [u32::from(PVPANIC_CRASH_LOADED)]);
+    crash_loaded_before_the_jump(&run);
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
@@ -263,6 +287,25 @@ fn scribbled_elfcorehdr_magic_is_refused_by_the_capture_kernel() {
         ),
         "{failed:?}"
     );
+    run.wait_for_line("kdump: final action halt");
+    let _ = run.stop();
+}
+
+#[test]
+fn scribbled_elfcorehdr_load_passes_the_guest_and_reaches_the_vmm() {
+    // The capture kernel checks the header's own fields, not the PT_LOAD
+    // ranges: a 1 TiB PT_LOAD goes to the VMM in VMCORE_READY, whose
+    // hostile-input parser must refuse it.
+    let mut run = boot("elfcorehdr_scribble=load kdump_final_action=halt");
+    let (hdr, panic_at) = up_to_the_panic(&mut run);
+    assert!(
+        run.transcript()
+            .iter()
+            .any(|l| l == "kexec: elfcorehdr_scribble=load applied (test only)"),
+        "{:#?}",
+        run.transcript()
+    );
+    capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
     run.wait_for_line("kdump: final action halt");
     let _ = run.stop();
 }

@@ -139,3 +139,27 @@ fn without_a_loaded_capture_kernel_qemu_sees_panicked() {
         "{serial}"
     );
 }
+
+#[test]
+fn elfcorehdr_alone_makes_a_capture_kernel_that_refuses_a_bad_header() {
+    // Linux's is_kdump_kernel(): elfcorehdr= on the command line. Booted
+    // directly (no kexec, so old memory is read identity-mapped), it finds
+    // zeroed RAM where the header should be, refuses it, brings up no other
+    // CPU and does its final action.
+    if !require_qemu() {
+        return;
+    }
+    let (status, transcript) = run_qemu(&[], "elfcorehdr=0x7000000");
+    let serial = transcript.join("\n");
+    assert_eq!(status, Some(0), "{serial}");
+    for want in [
+        "kdump: capture kernel, elfcorehdr at 0x7000000 refused: bad ELF identification",
+        "kdump: final action poweroff",
+    ] {
+        assert!(serial.contains(want), "missing {want:?}; serial:\n{serial}");
+    }
+    assert!(
+        !serial.contains("CPU 1 online") && !serial.contains("crashkernel:"),
+        "{serial}"
+    );
+}
