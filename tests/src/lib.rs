@@ -64,13 +64,20 @@ impl std::fmt::Debug for GuestRun {
 
 impl GuestRun {
     /// Boots `config` (its serial output is replaced by a line capture).
-    pub fn start(mut config: VmConfig) -> Self {
+    pub fn start(config: VmConfig) -> Self {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`GuestRun::start`], with `setup` run on the VMM before it
+    /// starts (e.g. `set_dump_dir`, `set_kdump_timeout`).
+    pub fn start_with(mut config: VmConfig, setup: impl FnOnce(&mut Vmm)) -> Self {
         let (line_tx, lines) = mpsc::channel();
         config.serial = SerialOutput::Writer(Box::new(LineSender {
             partial: Vec::new(),
             tx: line_tx,
         }));
-        let vmm = Vmm::new(config).expect("VM creation failed");
+        let mut vmm = Vmm::new(config).expect("VM creation failed");
+        setup(&mut vmm);
         let handle = vmm.handle();
         let notifications = handle.subscribe();
         let (exit_tx, exit) = mpsc::channel();

@@ -104,9 +104,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnRebootArg::Restart)]
     pub on_reboot: OnRebootArg,
     /// Directory for guest memory dumps made by the VMM itself (the
-    /// `--on-panic coredump-*` actions), each named
-    /// vmcore-TIME-PID-N.elf (TIME in Unix seconds) [default: the current
-    /// directory].
+    /// `--on-panic coredump-*` actions, kdump and its fallback), each named
+    /// vmcore-TIME-PID-N.elf (TIME in Unix seconds; kdump's end in
+    /// -kdump.elf) [default: the current directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub dump_dir: PathBuf,
     /// Events the pvpanic device (port 0x505, ACPI QEMU0001) supports: bits
@@ -131,8 +131,8 @@ pub struct RunArgs {
     /// CRASH_LOADED) to VMCORE_READY before the VMM writes a host-side dump
     /// into --dump-dir instead (KDUMP_FALLBACK); 0 disables the watchdog.
     #[arg(long, value_name = "SECONDS",
-          default_value_t = crate::kdump::DEFAULT_KDUMP_TIMEOUT.as_secs())]
-    pub kdump_timeout: u64,
+          default_value_t = crate::kdump::DEFAULT_KDUMP_TIMEOUT.as_secs() as u32)]
+    pub kdump_timeout: u32,
 }
 
 /// Flags of `vmm ctl`.
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(timeout(&["run"]), Ok(10));
         assert_eq!(timeout(&["run", "--kdump-timeout", "0"]), Ok(0));
         assert_eq!(timeout(&["run", "--kdump-timeout", "120"]), Ok(120));
-        for bad in ["-1", "1.5", "ten", ""] {
+        for bad in ["-1", "1.5", "ten", "", "4294967296"] {
             assert!(
                 timeout(&["run", "--kdump-timeout", bad]).is_err(),
                 "{bad:?}"

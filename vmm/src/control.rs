@@ -208,6 +208,19 @@ impl Mailbox {
             .collect()
     }
 
+    /// Removes the dump worker's result from the queue, leaving every other
+    /// message in its order.
+    pub(crate) fn take_dump_finished(&self) -> Option<Result<vmcore::DumpStats, DumpError>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let at = queue
+            .iter()
+            .position(|m| matches!(m, Message::DumpFinished { .. }))?;
+        match queue.remove(at) {
+            Some(Message::DumpFinished { result }) => Some(result),
+            _ => None,
+        }
+    }
+
     /// Refuses further requests and drops queued ones (their reply
     /// channels close, so waiting callers get `NotRunning`).
     pub(crate) fn close(&self) {
@@ -435,6 +448,26 @@ mod tests {
         }
         mailbox.close();
         assert_eq!(t.join().unwrap(), Err(ControlError::NotRunning));
+    }
+
+    #[test]
+    fn the_dump_result_is_taken_out_of_order() {
+        let mailbox = Mailbox::new().unwrap();
+        assert!(mailbox.take_dump_finished().is_none());
+        mailbox.post(Message::Stop);
+        mailbox.post(Message::DumpFinished {
+            result: Err(DumpError::Busy),
+        });
+        mailbox.post(Message::Reset);
+        assert!(matches!(
+            mailbox.take_dump_finished(),
+            Some(Err(DumpError::Busy))
+        ));
+        let rest = mailbox.take_all();
+        assert!(
+            matches!(rest[..], [Message::Stop, Message::Reset]),
+            "{rest:?}"
+        );
     }
 
     #[test]

@@ -470,6 +470,7 @@ struct Written {
 
 /// VMCORE_READY: write the vmcore from the guest's header, or fall back.
 fn write_kdump_vmcore(vmm: &mut Vmm, vcpu: u32, elfcorehdr: u64, size: u64) {
+    vmm.settle_active_dump();
     let was_running = vmm.state() == RunState::Running;
     let path = vmm.dump_dir().join(kdump_dump_name());
     let result = capture_and_write(vmm, &path, elfcorehdr, size);
@@ -520,6 +521,7 @@ fn capture_and_write(
     size: u64,
 ) -> Result<Written, KdumpError> {
     if vmm.dump_in_progress() {
+        // settle_active_dump ran first: only a bug gets here.
         return Err(KdumpError::Capture(DumpError::Busy));
     }
     if size > MAX_ELFCOREHDR_SIZE {
@@ -583,6 +585,7 @@ fn fall_back(vmm: &mut Vmm, reason: FallbackReason) {
     }
     let text = reason.to_string();
     eprintln!("vmm: kdump: falling back to a host-side dump: {text}");
+    vmm.settle_active_dump();
     let path = vmm.dump_dir().join(dump::unique_dump_name());
     let result = vmm
         .dump_blocking(DumpRequest::new(&path), true)
@@ -842,6 +845,25 @@ mod tests {
         v
     }
 
+    /// `vmm vmcore check|info FILE`, in process: exit code and stdout.
+    fn vmcore_cli(check: bool, file: &Path) -> (i32, String) {
+        use crate::vmcore_cmd::{run, VmcoreCommand};
+        let file = file.to_path_buf();
+        let cmd = if check {
+            VmcoreCommand::Check { file, json: false }
+        } else {
+            VmcoreCommand::Info {
+                file,
+                kernel: None,
+                json: false,
+            }
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(&cmd, &mut out, &mut err);
+        assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+        (code, String::from_utf8(out).unwrap())
+    }
+
     fn stop(handle: &crate::VmmHandle, result: &Receiver<Result<ExitReason, crate::Error>>) {
         handle.stop();
         assert_eq!(
@@ -915,7 +937,15 @@ mod tests {
         assert_eq!(&b, &code[..4]);
         let report = vmcore::check(&core, &vmcore::CheckOptions::default());
         assert!(report.ok, "{}", report.render());
-        assert_eq!(vmcore::info(&core, None).kind, "kdump");
+        let (code, out) = vmcore_cli(true, path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_OK, "{out}");
+        assert!(out.contains("OK: every check passed"), "{out}");
+        let (code, out) = vmcore_cli(false, path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_OK, "{out}");
+        assert!(
+            out.contains(&format!("dump: kdump (elfcorehdr at {ELFCOREHDR:#x})")),
+            "{out}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -945,6 +975,9 @@ mod tests {
             "{:?}",
             report.failures
         );
+        let (code, out) = vmcore_cli(true, &path);
+        assert_eq!(code, crate::vmcore_cmd::EXIT_CHECK_FAILED, "{out}");
+        assert!(out.contains("1 failure(s):\n  vcpu 1: guest_note"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1175,6 +1208,154 @@ mod tests {
         assert_no_fallback(&events, Duration::from_millis(800));
         stop(&handle, &result);
         assert!(files_in(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The real first kernel crashes and hands over. A capture kernel (once
+    /// one is loaded) reports VMCORE_READY itself; without one the test
+    /// plays it, through the kdump device's registers, for the first
+    /// kernel's own elfcorehdr. Either way the vmcore must come from that
+    /// header and pass the checker.
+    #[test]
+    fn the_embedded_guests_elfcorehdr_makes_a_checkable_kdump_vmcore() {
+        use devices::BusDevice;
+        let mut vmm = Vmm::new(VmConfig {
+            cpus: 2,
+            cmdline: "crashkernel=64M crash_after_boot=PANIC@1".into(),
+            // A capture kernel's final reboot must not crash the guest again.
+            on_reboot: crate::config::OnReboot::Exit,
+            ..VmConfig::default()
+        })
+        .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("vmm-test-{}-kdump-embedded", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        vmm.set_dump_dir(dir.clone());
+        let events = vmm.handle().subscribe();
+        let device = vmm.vm().devices().kdump.clone();
+        let memory = vmm.vm().memory().clone();
+        let (handle, result) = spawn(vmm);
+        let (elfcorehdr, _) = wait_for(&events, |n| match n {
+            Notification::Guest(VmEvent::KexecHandover { elfcorehdr, .. }) => Some(*elfcorehdr),
+            _ => None,
+        });
+        let completed = |n: &Notification| match n {
+            Notification::KdumpCompleted { path, guest_notes } => {
+                Some((path.clone(), *guest_notes))
+            }
+            _ => None,
+        };
+        let mut phnum = [0u8; 2];
+        memory
+            .read_slice(&mut phnum, GuestAddress(elfcorehdr + 56))
+            .unwrap();
+        let size = 64 + 56 * u64::from(u16::from_le_bytes(phnum));
+        let mut seen = Vec::new();
+        let by_guest = loop {
+            match events.recv_timeout(Duration::from_secs(3)) {
+                Ok(n) => match completed(&n) {
+                    Some(done) => break Some(done),
+                    None => seen.push(n),
+                },
+                Err(_) => break None,
+            }
+        };
+        let (path, guest_notes) = match by_guest {
+            Some(done) => done,
+            None => {
+                let reg = |offset: u64, value: u64| {
+                    let access = devices::Access {
+                        base: u64::from(guest_abi::ports::KDUMP),
+                        offset,
+                        vcpu: 1,
+                    };
+                    device
+                        .lock()
+                        .unwrap()
+                        .write(access, &(value as u32).to_le_bytes());
+                };
+                reg(ARG0_LO, elfcorehdr);
+                reg(ARG0_HI, elfcorehdr >> 32);
+                reg(ARG1_LO, size);
+                reg(ARG1_HI, 0);
+                reg(CMD, u64::from(cmd::VMCORE_READY));
+                let (done, more) = wait_for(&events, completed);
+                seen.extend(more);
+                done
+            }
+        };
+        assert!(!seen.iter().any(|n| fallback(n).is_some()), "{seen:?}");
+        handle.stop();
+        let end = result.recv_timeout(WAIT).unwrap().unwrap();
+        assert!(
+            matches!(
+                end,
+                ExitReason::Stopped | ExitReason::Poweroff | ExitReason::Reboot
+            ),
+            "{end:?}"
+        );
+        assert_eq!(guest_notes, 3, "2 crash notes + VMCOREINFO");
+        let core = vmcore::Vmcore::open(&path).unwrap();
+        let marker = core.kdump_note().unwrap();
+        assert_eq!(marker.elfcorehdr, elfcorehdr);
+        assert!(marker.elfcorehdr_len >= size, "{marker:?}");
+        let report = vmcore::check(&core, &vmcore::CheckOptions::default());
+        assert!(report.ok, "{}", report.render());
+        assert_eq!(files_in(&dir), vec![path]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A detached `dump-guest-memory` still running when VMCORE_READY is
+    /// handled (both are in the main loop's first batch, so its
+    /// DumpFinished cannot have been handled): it is finished first, and
+    /// the kdump vmcore is not refused as busy.
+    #[test]
+    fn a_detached_dump_in_progress_is_finished_before_the_kdump_vmcore() {
+        let Setup { vmm, dir, events } = setup("settle", 1, &halt(), qmp::PanicAction::Poweroff);
+        let len = leave_crash_data(&vmm, 1, &[0]);
+        let host = dir.join("host.elf");
+        let (reply, replies) = std::sync::mpsc::channel();
+        vmm.mailbox.post(Message::Dump {
+            request: DumpRequest {
+                path: host.clone(),
+                paging: true,
+                detach: true,
+            },
+            reply,
+        });
+        let sink = crate::control::MailboxSink {
+            mailbox: vmm.mailbox.clone(),
+            generation: 0,
+        };
+        devices::EventSink::emit(
+            &sink,
+            VmEvent::VmcoreReady {
+                vcpu: 0,
+                elfcorehdr: ELFCOREHDR,
+                size: len,
+            },
+        );
+        let (handle, result) = spawn(vmm);
+        let (path, seen) = wait_for(&events, |n| match n {
+            Notification::KdumpCompleted { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        assert!(matches!(replies.recv_timeout(WAIT), Ok(Ok(None))));
+        let done: Vec<(&PathBuf, bool)> = seen
+            .iter()
+            .filter_map(|n| match n {
+                Notification::DumpCompleted { path, result } => Some((path, result.is_ok())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, vec![(&host, true), (&path, true)], "{seen:?}");
+        stop(&handle, &result);
+        assert_eq!(files_in(&dir), {
+            let mut v = vec![host, path];
+            v.sort();
+            v
+        });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                 vmm.forward_stdin();
             }
             vmm.set_dump_dir(args.dump_dir.clone());
-            vmm.set_kdump_timeout(std::time::Duration::from_secs(args.kdump_timeout));
+            vmm.set_kdump_timeout(std::time::Duration::from_secs(args.kdump_timeout.into()));
             vmm.show_dump_progress(std::io::stderr().is_terminal());
             match vmm.run() {
                 Ok(reason) => {

@@ -19,6 +19,10 @@
 //! - `GUEST_PANICKED` {action: run|pause|poweroff|reset}, `GUEST_CRASHLOADED`
 //!   {action: run}, `GUEST_PVSHUTDOWN`: pvpanic events.
 //! - `NMI` {cpus: [..]} (ours): `inject-nmi` sent an NMI to these vCPUs.
+//! - `KDUMP_COMPLETED` {path, source: "kdump", cpu, guest_notes} and
+//!   `KDUMP_FALLBACK` {reason, cause, detail, path, error?} (ours): the
+//!   kdump vmcore was written, or a host-side dump replaced it
+//!   ([`crate::kdump`]).
 
 use qmp::{
     CommandError, CpuInfoFast, CpuInstanceProperties, CrashTypeInfo, DumpGuestMemory,

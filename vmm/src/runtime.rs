@@ -612,6 +612,23 @@ impl Vmm {
         }
     }
 
+    /// Waits for a detached dump's worker to finish its file and reports
+    /// it now, so that another dump can start (kdump's vmcore must not be
+    /// refused as busy). Other queued messages keep their order.
+    pub(crate) fn settle_active_dump(&mut self) {
+        let Some(active) = self.active_dump.as_mut() else {
+            return;
+        };
+        if active.worker.take().is_some_and(|w| w.join().is_err()) {
+            warn!("dump: the worker thread panicked");
+        }
+        let result = self
+            .mailbox
+            .take_dump_finished()
+            .unwrap_or_else(|| Err(DumpError::Worker("ended without a result".into())));
+        self.finish_dump(result, true);
+    }
+
     /// At the end of `run`: let a dump in progress finish its file.
     fn wait_for_dump(&mut self) {
         let Some(active) = self.active_dump.as_mut() else {
