@@ -85,6 +85,10 @@ pub struct PanicKnobs {
     pub vmx: bool,
     /// `crash_after_boot=TYPE[@CPU]` (ours).
     pub crash_after_boot: Option<CrashAfterBoot>,
+    /// `pvpanic_crash_loaded=on|off` (ours; default on). Off models the
+    /// pvpanic driver from before CRASH_LOADED existed (2020), which wrote
+    /// PANICKED even with a crash kernel loaded.
+    pub pvpanic_crash_loaded: bool,
 }
 
 impl PanicKnobs {
@@ -100,6 +104,7 @@ impl PanicKnobs {
         unknown_nmi_panic: false,
         vmx: true,
         crash_after_boot: None,
+        pvpanic_crash_loaded: true,
     };
 
     /// The inputs of `panic_steps`.
@@ -292,6 +297,11 @@ impl BootConfig {
                 Some(v) => pk.crash_after_boot = Some(v),
                 None => return false,
             }
+        } else if k("pvpanic_crash_loaded") {
+            match p.value.and_then(|v| parse_bool(Some(v))) {
+                Some(v) => pk.pvpanic_crash_loaded = v,
+                None => return false,
+            }
         } else {
             return self.apply_kdump(p);
         }
@@ -432,6 +442,11 @@ mod tests {
         assert!(pc.kmsg_dumper && pc.crash_kexec_post_notifiers);
         assert_eq!(BootConfig::parse(b"").panic, PanicKnobs::DEFAULT);
         assert!(BootConfig::parse(b"").panic.vmx);
+        assert!(BootConfig::parse(b"").panic.pvpanic_crash_loaded);
+        let legacy = BootConfig::parse(b"pvpanic_crash_loaded=off");
+        assert_eq!(legacy.invalid, 0);
+        assert!(!legacy.panic.pvpanic_crash_loaded);
+        assert_eq!(BootConfig::parse(b"pvpanic_crash_loaded").invalid, 1);
         let bad = BootConfig::parse(
             b"panic_policy=bsd panic=x crashkernel=0 crash_after_boot=FOO kmsg_dump vmx=maybe \
               crash_kexec_post_notifiers=2 crash_after_boot=PANIC@",

@@ -2,7 +2,9 @@
 //! docs/specs/pvpanic.rst): one byte-wide port. A read gives the events the
 //! device supports (0xFF: no device); the panic notifier writes
 //! CRASH_LOADED when a crash kernel is loaded, else PANICKED, masked by
-//! that capability; the poweroff path writes SHUTDOWN if supported.
+//! that capability; the poweroff path writes SHUTDOWN if supported. With
+//! `pvpanic_crash_loaded=off` it behaves as the driver did before
+//! CRASH_LOADED existed: PANICKED whether or not a crash kernel is loaded.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -42,7 +44,7 @@ fn send(event: u8) {
 
 /// `pvpanic_panic_notify`.
 fn notifier(_msg: &[u8]) {
-    let event = if crash::crash_kernel_loaded() {
+    let event = if crash::crash_kernel_loaded() && panic::knobs().pvpanic_crash_loaded {
         PVPANIC_CRASH_LOADED
     } else {
         PVPANIC_PANICKED

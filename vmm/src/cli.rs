@@ -62,6 +62,9 @@ pub enum Command {
     /// Run one QMP command on a running VMM's --api-socket and print the reply.
     #[command(after_help = CTL_HELP)]
     Ctl(CtlArgs),
+    /// Run the panic-ordering scenario matrix (resources/scenarios/*.toml).
+    #[command(subcommand)]
+    Scenario(crate::scenario::ScenarioCommand),
     /// Write the embedded guest kernel ELF to a file (for gdb, readelf...).
     PrintKernel {
         /// Where to write it.

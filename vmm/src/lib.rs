@@ -29,6 +29,7 @@ pub mod kdump;
 pub mod pvpanic_log;
 pub mod qmp_backend;
 pub mod runtime;
+pub mod scenario;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

@@ -50,6 +50,10 @@ fn main() -> ExitCode {
                 ExitCode::from(exit_code::BAD_INPUT as u8)
             }
         },
+        Command::Scenario(cmd) => {
+            let code = vmm::scenario::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr());
+            ExitCode::from(code as u8)
+        }
         Command::Vmcore(cmd) => {
             let code = vmm::vmcore_cmd::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr());
             ExitCode::from(code as u8)
