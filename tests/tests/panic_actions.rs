@@ -31,6 +31,14 @@ fn boot_with(name: &str, cpus: u32, on_panic: &str, cmdline: &str, extra: &[&str
     let cpu_arg = cpus.to_string();
     let socket = socket_path(name);
     let sock = socket.to_str().expect("utf-8 path");
+    // Every vmcore (kdump's too) goes to a scratch directory unless the
+    // test names one.
+    let scratch = tests::scratch_dir(name);
+    let dump_dir: &[&str] = if extra.contains(&"--dump-dir") {
+        &[]
+    } else {
+        &["--dump-dir", scratch.to_str().expect("utf-8 path")]
+    };
     let mut process = VmmProcess::spawn(
         &[
             "run",
@@ -47,6 +55,7 @@ fn boot_with(name: &str, cpus: u32, on_panic: &str, cmdline: &str, extra: &[&str
         ]
         .iter()
         .chain(extra)
+        .chain(dump_dir)
         .copied()
         .collect::<Vec<_>>(),
     );
