@@ -601,12 +601,7 @@ fn a_notifier_hanging_before_kdump_leaves_the_watchdogs_dump() {
 
 #[test]
 fn a_hanging_notifier_after_kdump_never_runs() {
-    let mut run = boot_crash(
-        "NOTIFIER_HANG",
-        "",
-        |_| {},
-        |vmm| vmm.set_kdump_timeout(Duration::from_secs(2)),
-    );
+    let mut run = boot_crash("NOTIFIER_HANG", "", |_| {}, |_| {});
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
     let (_, report) = kdump_vmcore(&mut run, hdr, &[0, 1, 2, 3]);
