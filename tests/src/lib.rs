@@ -52,6 +52,7 @@ pub struct GuestRun {
     notifications: Receiver<Notification>,
     thread: Option<JoinHandle<()>>,
     transcript: Vec<String>,
+    seen: Vec<Notification>,
     dump_dir: std::path::PathBuf,
 }
 
@@ -109,6 +110,7 @@ impl GuestRun {
             notifications,
             thread: Some(thread),
             transcript: Vec::new(),
+            seen: Vec::new(),
             dump_dir,
         }
     }
@@ -144,14 +146,25 @@ impl GuestRun {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.notifications.recv_timeout(left) {
-                Ok(n) if pred(&n) => return n,
-                Ok(_) => {}
+                Ok(n) => {
+                    self.seen.push(n.clone());
+                    if pred(&n) {
+                        return n;
+                    }
+                }
                 Err(_) => {
                     self.transcript.extend(self.lines.try_iter());
                     panic!("no {what} within {timeout:?}; serial:\n{}", self.dump())
                 }
             }
         }
+    }
+
+    /// Every notification received so far: those the waits went through,
+    /// then any that arrived since.
+    pub fn notifications(&mut self) -> &[Notification] {
+        self.seen.extend(self.notifications.try_iter());
+        &self.seen
     }
 
     /// Every line seen so far.
@@ -286,6 +299,22 @@ pub fn vmm_binary() -> std::path::PathBuf {
         bin
     })
     .clone()
+}
+
+/// Runs the host tool `name` (readelf, gdb...) and returns its stdout;
+/// panics with its stderr if it fails.
+pub fn tool(name: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// A unique path for a test's QMP socket (removed if it exists).

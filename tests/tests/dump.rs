@@ -4,10 +4,9 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc::Receiver;
 
-use tests::{summary, GuestRun, DEFAULT_TIMEOUT};
+use tests::{summary, tool, GuestRun, DEFAULT_TIMEOUT};
 use vmcore::{CheckOptions, Verdict, Vmcore};
 use vmm::{DumpError, DumpRequest, DumpState, Notification, RunState};
 
@@ -37,20 +36,6 @@ fn dump(run: &GuestRun, path: &Path) -> vmcore::DumpStats {
         .dump_guest_memory(DumpRequest::new(path))
         .expect("dump")
         .expect("a blocking dump returns its statistics")
-}
-
-fn tool(name: &str, args: &[&str]) -> String {
-    let out = Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 /// Notifications received so far, without waiting.

@@ -4,14 +4,19 @@
 //!
 //! Each case asserts the serial lines of both kernels, the kdump device's
 //! events in order (KEXEC_HANDOVER, then VMCORE_READY or CAPTURE_FAILED) with
-//! the elfcorehdr the first kernel printed, and the pvpanic log.
+//! the elfcorehdr the first kernel printed, and the pvpanic log; then the
+//! vmcore the VMM wrote into the run's dump directory: a kdump vmcore from
+//! that elfcorehdr (read by the checker, `vmm vmcore check` and gdb), or the
+//! host-side dump it fell back to, with the reason.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use devices::kdump::CaptureFailure;
 use devices::VmEvent;
 use guest_abi::ports::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_SHUTDOWN};
-use tests::{summary, GuestRun, DEFAULT_TIMEOUT};
+use tests::{summary, tool, GuestRun, DEFAULT_TIMEOUT};
+use vmcore::{CheckOptions, CheckReport, Verdict, Vmcore};
 use vmm::Notification;
 
 const CPUS: u32 = 4;
@@ -19,14 +24,157 @@ const CPUS: u32 = 4;
 const TARGET: u32 = 2;
 
 fn boot(extra: &str) -> GuestRun {
-    GuestRun::start(vmm::VmConfig {
+    boot_crash("PANIC", extra, |_| {}, |_| {})
+}
+
+/// Boots 4 vCPUs with `crashkernel=64M`, crash `what` on CPU 2 and `extra`
+/// on the command line; `config` and `setup` adjust the VM and the VMM.
+fn boot_crash(
+    what: &str,
+    extra: &str,
+    config: impl FnOnce(&mut vmm::VmConfig),
+    setup: impl FnOnce(&mut vmm::Vmm),
+) -> GuestRun {
+    let mut cfg = vmm::VmConfig {
         cpus: CPUS,
-        cmdline: format!("crashkernel=64M crash_after_boot=PANIC@{TARGET} {extra}"),
+        cmdline: format!("crashkernel=64M crash_after_boot={what}@{TARGET} {extra}"),
         // A PANICKED would end the VM at once; the cases that expect one
         // wait for it instead.
         on_panic: qmp::PanicAction::None,
         ..vmm::VmConfig::default()
-    })
+    };
+    config(&mut cfg);
+    GuestRun::start_with(cfg, setup)
+}
+
+/// What the VMM did with the crash: a kdump vmcore, or a host-side dump.
+#[derive(Debug)]
+enum Outcome {
+    Kdump { path: PathBuf, guest_notes: u64 },
+    Fallback { reason: String, path: PathBuf },
+}
+
+/// Waits for KDUMP_COMPLETED or KDUMP_FALLBACK; the vmcore exists under
+/// its final name in the run's dump directory (and nothing else is there).
+fn outcome(run: &mut GuestRun, timeout: Duration) -> Outcome {
+    let n = run.wait_notification("KDUMP_COMPLETED or KDUMP_FALLBACK", timeout, |n| {
+        matches!(
+            n,
+            Notification::KdumpCompleted { .. } | Notification::KdumpFallback { .. }
+        )
+    });
+    let out = match n {
+        Notification::KdumpCompleted { path, guest_notes } => Outcome::Kdump { path, guest_notes },
+        Notification::KdumpFallback {
+            reason,
+            path,
+            result,
+        } => {
+            assert_eq!(result, Ok(()), "fallback dump not written ({reason})");
+            Outcome::Fallback { reason, path }
+        }
+        _ => unreachable!(),
+    };
+    let path = match &out {
+        Outcome::Kdump { path, .. } | Outcome::Fallback { path, .. } => path,
+    };
+    let files: Vec<PathBuf> = std::fs::read_dir(run.dump_dir())
+        .expect("dump dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    assert_eq!(files, std::slice::from_ref(path), "{out:?}");
+    out
+}
+
+/// The kdump vmcore the VMM wrote from elfcorehdr `hdr`, with the crash
+/// notes of the CPUs in `saved` (empty ones are left out, as
+/// `/proc/vmcore` does) and VMCOREINFO; returns it and
+/// the checker's report, which `vmm vmcore check` agrees with.
+fn kdump_vmcore(run: &mut GuestRun, hdr: u64, saved: &[u32]) -> (PathBuf, CheckReport) {
+    let Outcome::Kdump { path, guest_notes } = outcome(run, DEFAULT_TIMEOUT) else {
+        panic!("no kdump vmcore; serial:\n{}", run.transcript().join("\n"));
+    };
+    let core = Vmcore::open(&path).expect("the kdump vmcore parses");
+    let note = core.kdump_note().expect("a VMMKDUMP note");
+    assert_eq!(note.elfcorehdr, hdr, "{note:?}");
+    assert_eq!(u64::from(note.guest_notes), guest_notes, "{note:?}");
+    assert_eq!(guest_notes, saved.len() as u64 + 1, "{note:?}");
+    let report = checked(&path);
+    (path, report)
+}
+
+/// The checker's report on `path`; `vmm vmcore check` exits 0 exactly
+/// when it passes and prints the same failures.
+fn checked(path: &Path) -> CheckReport {
+    let core = Vmcore::open(path).expect("the vmcore parses");
+    let report = vmcore::check(&core, &CheckOptions::default());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let cmd = vmm::vmcore_cmd::VmcoreCommand::Check {
+        file: path.to_path_buf(),
+        json: false,
+    };
+    let code = vmm::vmcore_cmd::run(&cmd, &mut out, &mut err);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, if report.ok { 0 } else { 1 }, "{out}");
+    for f in &report.failures {
+        assert!(out.contains(f.as_str()), "{f:?} not in\n{out}");
+    }
+    report
+}
+
+/// `vmm vmcore info` on `path`.
+fn info(path: &Path) -> String {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let cmd = vmm::vmcore_cmd::VmcoreCommand::Info {
+        file: path.to_path_buf(),
+        kernel: None,
+        json: false,
+    };
+    let code = vmm::vmcore_cmd::run(&cmd, &mut out, &mut err);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_named<'a>(report: &'a CheckReport, name: &str) -> &'a vmcore::CheckResult {
+    &report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} check in\n{}", report.render()))
+        .result
+}
+
+/// gdb on the guest ELF and `path`: one thread per CPU, and CPU 2's
+/// backtrace (LWP 3: pr_pid is the CPU + 1) goes through panic.
+fn gdb_sees_the_panic(path: &Path) {
+    let p = path.to_str().expect("utf-8 path");
+    let bt = tool(
+        "gdb",
+        &[
+            "-nx",
+            "-batch",
+            "-ex",
+            "info threads",
+            "-ex",
+            "thread apply all bt",
+            vmm::GUEST_KERNEL_PATH,
+            p,
+        ],
+    );
+    for lwp in 1..=CPUS {
+        assert!(bt.contains(&format!("LWP {lwp}")), "LWP {lwp}:\n{bt}");
+    }
+    assert!(!bt.contains(&format!("LWP {}", CPUS + 1)), "{bt}");
+    let thread = bt
+        .split("\nThread ")
+        .find(|t| t.starts_with(&format!("{0} (LWP {0})", TARGET + 1)))
+        .unwrap_or_else(|| panic!("no thread for CPU {TARGET}:\n{bt}"));
+    assert!(
+        thread
+            .lines()
+            .any(|l| l.contains(" in guest_kernel::panic::panic")),
+        "CPU {TARGET}'s backtrace does not go through panic:\n{bt}"
+    );
 }
 
 /// `0x<hex>` after `prefix` in `line`.
@@ -65,7 +213,7 @@ fn up_to_the_panic(run: &mut GuestRun) -> (u64, Instant) {
         &run.wait_for_line("kexec: elfcorehdr at "),
         "elfcorehdr at ",
     );
-    run.wait_for_line("Kernel panic - not syncing: lkdtm: PANIC");
+    run.wait_for_line("Kernel panic - not syncing: lkdtm: ");
     (hdr, Instant::now())
 }
 
@@ -179,6 +327,7 @@ fn pvpanic_events(run: &GuestRun) -> Vec<u32> {
 /// sent), then the poweroff's SHUTDOWN.
 fn powers_off(run: GuestRun, panic_path: &[u8]) {
     let handle = run.handle().clone();
+    let dump_dir = run.dump_dir().to_path_buf();
     let (reason, transcript) = run.wait_exit(DEFAULT_TIMEOUT);
     assert!(
         transcript
@@ -190,6 +339,8 @@ fn powers_off(run: GuestRun, panic_path: &[u8]) {
     want.push(u32::from(PVPANIC_SHUTDOWN));
     let got: Vec<u32> = handle.pvpanic_log().iter().map(|e| e.events).collect();
     assert_eq!(got, want, "pvpanic log");
+    // Passed: the vmcores (1 GiB, if sparse, for the timing case) go.
+    let _ = std::fs::remove_dir_all(dump_dir);
 }
 
 #[test]
@@ -200,17 +351,45 @@ fn kdump_first_every_cpu_saved_and_pvpanic_silent() {
     eprintln!("kdump_first: {took:?}");
     let digest = run.transcript().iter().find(|l| l.contains("digest ok"));
     eprintln!("kdump_first: {digest:?}");
+    let (path, report) = kdump_vmcore(&mut run, hdr, &[0, 1, 2, 3]);
+    assert!(report.ok, "{}", report.render());
+    gdb_sees_the_panic(&path);
     powers_off(run, &[]);
 }
 
 #[test]
 fn post_notifiers_one_crash_loaded_then_capture() {
-    let mut run = boot("crash_kexec_post_notifiers");
+    // Under `--on-panic pause` a PANICKED would stop kdump; CRASH_LOADED
+    // must not.
+    let mut run = boot_crash(
+        "PANIC",
+        "crash_kexec_post_notifiers",
+        |c| c.on_panic = qmp::PanicAction::Pause,
+        |_| {},
+    );
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     run.wait_for_line("panic: notifier pvpanic (hypervisor)");
     let took = capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
     eprintln!("post_notifiers: {took:?}");
     crash_loaded_before_the_jump(&run);
+    let (_, report) = kdump_vmcore(&mut run, hdr, &[0, 1, 2, 3]);
+    assert!(report.ok, "{}", report.render());
+    let seen = run.notifications().to_vec();
+    let pvpanic: Vec<usize> = (0..seen.len())
+        .filter(|&i| matches!(seen[i], Notification::Guest(VmEvent::Pvpanic { .. })))
+        .collect();
+    let handover = seen
+        .iter()
+        .position(|n| matches!(n, Notification::Guest(VmEvent::KexecHandover { .. })))
+        .expect("KEXEC_HANDOVER");
+    assert_eq!(pvpanic.len(), 1, "{seen:#?}");
+    assert!(pvpanic[0] < handover, "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|n| matches!(n, Notification::Paused | Notification::GuestPanicked { .. })),
+        "the VMM stopped the guest: {seen:#?}"
+    );
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
@@ -220,6 +399,42 @@ fn post_notifiers_2016_capture_sees_only_the_panicking_cpu() {
     let (hdr, panic_at) = up_to_the_panic(&mut run);
     capture(&mut run, hdr, panic_at, &[TARGET]);
     crash_loaded_before_the_jump(&run);
+    // The seed's Problem 2, read back from the kdump vmcore: the other
+    // CPUs saved no registers and left VMX on.
+    let (_, report) = kdump_vmcore(&mut run, hdr, &[TARGET]);
+    assert!(!report.ok, "{}", report.render());
+    for v in &report.vcpus {
+        let (note, vmx) = if v.vcpu == TARGET {
+            (Verdict::Pass, Verdict::Pass)
+        } else {
+            (Verdict::Missing, Verdict::Fail)
+        };
+        assert_eq!(
+            (v.guest_note.verdict, v.vmx.verdict),
+            (note, vmx),
+            "vcpu {}:\n{}",
+            v.vcpu,
+            report.render()
+        );
+    }
+    for cpu in [0, 1, 3] {
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.starts_with(&format!("vcpu {cpu}: "))),
+            "CPU {cpu} not named:\n{}",
+            report.render()
+        );
+    }
+    assert!(
+        !report
+            .failures
+            .iter()
+            .any(|f| f.starts_with(&format!("vcpu {TARGET}: "))),
+        "{}",
+        report.render()
+    );
     powers_off(run, &[PVPANIC_CRASH_LOADED]);
 }
 
@@ -242,6 +457,21 @@ fn corrupt_image_is_refused_and_the_panic_goes_on() {
             })
         ),
         "{failed:?}"
+    );
+    let Outcome::Fallback { reason, path } = outcome(&mut run, DEFAULT_TIMEOUT) else {
+        panic!("a kdump vmcore without a capture kernel");
+    };
+    assert!(reason.contains("CAPTURE_FAILED IMAGE_CORRUPT"), "{reason}");
+    // Dumped while the first kernel goes on down the no-kdump path (how
+    // far it got varies): its log names the cause, and the path checked
+    // never reached the jump.
+    let report = checked(&path);
+    let p = check_named(&report, "panic_path");
+    assert!(!p.detail.contains("jumping to capture kernel"), "{p:?}");
+    let info = info(&path);
+    assert!(
+        info.contains("kexec: capture kernel image corrupt (digest mismatch); kdump unavailable"),
+        "{info}"
     );
     // The no-kdump path: the notifiers run, pvpanic says PANICKED.
     run.wait_notification("GUEST_PANICKED", DEFAULT_TIMEOUT, |n| {
@@ -287,6 +517,20 @@ fn scribbled_elfcorehdr_magic_is_refused_by_the_capture_kernel() {
         ),
         "{failed:?}"
     );
+    let Outcome::Fallback { reason, path } = outcome(&mut run, DEFAULT_TIMEOUT) else {
+        panic!("a kdump vmcore from a refused header");
+    };
+    assert!(reason.contains("CAPTURE_FAILED BAD_ELFCOREHDR"), "{reason}");
+    // The first kernel's memory is intact: its notes and path check out.
+    let report = checked(&path);
+    assert!(report.ok, "{}", report.render());
+    assert!(
+        check_named(&report, "panic_path")
+            .detail
+            .starts_with("finished: kexec: jumping to capture kernel"),
+        "{}",
+        report.render()
+    );
     run.wait_for_line("kdump: final action halt");
     let _ = run.stop();
 }
@@ -306,6 +550,77 @@ fn scribbled_elfcorehdr_load_passes_the_guest_and_reaches_the_vmm() {
         run.transcript()
     );
     capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
+    let Outcome::Fallback { reason, path } = outcome(&mut run, DEFAULT_TIMEOUT) else {
+        panic!("a kdump vmcore from a 1 TiB PT_LOAD");
+    };
+    assert!(
+        reason.contains("PT_LOAD") && reason.contains("lies outside guest RAM"),
+        "{reason}"
+    );
+    let report = checked(&path);
+    assert!(report.ok, "{}", report.render());
     run.wait_for_line("kdump: final action halt");
     let _ = run.stop();
+}
+
+// --- faults that need kdump (issue 7) ------------------------------------
+
+#[test]
+fn a_notifier_hanging_before_kdump_leaves_the_watchdogs_dump() {
+    let mut run = boot_crash(
+        "NOTIFIER_HANG",
+        "crash_kexec_post_notifiers",
+        |_| {},
+        |vmm| vmm.set_kdump_timeout(Duration::from_secs(2)),
+    );
+    up_to_the_panic(&mut run);
+    // pvpanic's CRASH_LOADED armed the watchdog; the next notifier hangs.
+    run.wait_for_line("panic: notifier pvpanic (hypervisor)");
+    let Outcome::Fallback { reason, path } = outcome(&mut run, DEFAULT_TIMEOUT) else {
+        panic!("kdump ran past a hanging notifier");
+    };
+    assert_eq!(reason, "kdump did not report a vmcore within 2s");
+    let status = run.handle().status().expect("the VMM answers");
+    assert_eq!(status.vcpus.len(), CPUS as usize, "{status:?}");
+    let report = checked(&path);
+    let p = check_named(&report, "panic_path");
+    assert_eq!(p.verdict, Verdict::Fail, "{}", report.render());
+    assert!(
+        p.detail
+            .contains("did not finish: last in step panic_notifier_list"),
+        "{p:?}"
+    );
+    assert!(
+        !run.transcript()
+            .iter()
+            .any(|l| l.contains("jumping to capture kernel")),
+        "{:#?}",
+        run.transcript()
+    );
+}
+
+#[test]
+fn a_hanging_notifier_after_kdump_never_runs() {
+    let mut run = boot_crash("NOTIFIER_HANG", "", |_| {}, |_| {});
+    let (hdr, panic_at) = up_to_the_panic(&mut run);
+    capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
+    let (_, report) = kdump_vmcore(&mut run, hdr, &[0, 1, 2, 3]);
+    assert!(report.ok, "{}", report.render());
+    powers_off(run, &[]);
+}
+
+/// Not a pass/fail bound: prints how long kdump takes on 1 GiB.
+#[test]
+fn time_from_panic_to_kdump_vmcore_with_1_gib() {
+    let mut run = boot_crash("PANIC", "", |c| c.memory = 1 << 30, |_| {});
+    let (hdr, panic_at) = up_to_the_panic(&mut run);
+    let took = capture(&mut run, hdr, panic_at, &[0, 1, 2, 3]);
+    let (path, report) = kdump_vmcore(&mut run, hdr, &[0, 1, 2, 3]);
+    let total = panic_at.elapsed();
+    assert!(report.ok, "{}", report.render());
+    let size = std::fs::metadata(&path).expect("vmcore").len();
+    eprintln!(
+        "1 GiB, 4 vCPUs: panic line to KDUMP_COMPLETED {total:?} ({took:?}); vmcore {size} bytes"
+    );
+    powers_off(run, &[]);
 }

@@ -314,11 +314,15 @@ fn crash_loaded_never_stops_the_guest() {
     // reports CRASH_LOADED, then goes on to crash_kexec and the capture
     // kernel (under a `pause` panic action, which CRASH_LOADED must not
     // trigger). The capture kernel halts when done, so the VM stays up.
-    let mut vm = boot_cpus(
+    // kdump's vmcore goes to a scratch dump directory, not the cwd.
+    let dir = dump_dir("crash-loaded");
+    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
+    let mut vm = boot_with(
         "crash-loaded",
         2,
         "pause",
         "unknown_nmi_panic crashkernel=16M crash_kexec_post_notifiers kdump_final_action=halt",
+        &["--dump-dir", &dir_arg],
     );
     // The guest prepares its elfcorehdr after the summary line; a panic
     // before that never reaches the handover.
@@ -347,6 +351,9 @@ fn crash_loaded_never_stops_the_guest() {
     // The capture kernel ran on, found both CPUs' notes and reported.
     vm.process.wait_for_guest("kdump: 2/2 CPUs saved registers");
     vm.event("VMCORE_READY");
+    let written = vm.event("KDUMP_COMPLETED").data.expect("data");
+    let path = PathBuf::from(written["path"].as_str().expect("path"));
+    assert!(path.starts_with(&dir) && path.exists(), "{written}");
     vm.process.wait_for_guest("kdump: final action halt");
     assert_eq!(vm.status()["status"], "running");
     assert!(
@@ -356,6 +363,7 @@ fn crash_loaded_never_stops_the_guest() {
         vm.process.transcript()
     );
     assert_eq!(vm.quit(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The vCPU that reported CRASH_LOADED, from the VMM's stderr line.
