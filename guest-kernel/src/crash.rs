@@ -167,9 +167,13 @@ fn crash_save_cpu(frame: &TrapFrame, cpu: usize) {
     }
 }
 
-/// `crash_setup_regs`: the running context, with RIP inside this function,
-/// so a backtrace from the note walks up through `panic()` (frame pointers).
-#[inline(never)]
+/// `crash_setup_regs`: the caller's running context, as Linux's macro of
+/// the same name. Always inlined, so RIP, RSP and RBP belong to the
+/// caller's frame: a backtrace from the note walks up through `panic()`
+/// (frame pointers) for as long as the caller has not returned. (A saved
+/// context of a returned function is overwritten by the next call at the
+/// same depth.)
+#[inline(always)]
 fn crash_setup_regs() -> TrapFrame {
     let mut f = TrapFrame::default();
     let p: *mut TrapFrame = &mut f;
@@ -500,12 +504,11 @@ pub fn crash_kernel_loaded() -> bool {
 }
 
 /// `machine_crash_shutdown`: stop and save the others, then this CPU.
-fn machine_crash_shutdown() {
+fn machine_crash_shutdown(regs: &TrapFrame) {
     cli();
     crash_smp_send_stop();
     let me = current_cpu();
-    let regs = crash_setup_regs();
-    crash_save_cpu(&regs, me);
+    crash_save_cpu(regs, me);
     set_state(me, CpuCrashState::SavedSelf);
     pv::vmx::emergency_disable(me);
 }
@@ -517,7 +520,10 @@ pub fn crash_kexec() {
     if !crash_kernel_loaded() {
         return;
     }
-    machine_crash_shutdown();
+    // In this frame, which stays live until the jump (or the return on a
+    // corrupt image), as in Linux's `__crash_kexec`.
+    let regs = crash_setup_regs();
+    machine_crash_shutdown(&regs);
     kexec_jump::kexec_crash();
 }
 
