@@ -498,10 +498,18 @@ extern "C" fn sigsys_handler(
         decimal(nr as u64, &mut digits),
         b"; exiting\n",
     ];
-    for part in parts {
-        // SAFETY: writes initialised bytes from a live slice to stderr.
-        unsafe { libc::write(libc::STDERR_FILENO, part.as_ptr().cast(), part.len()) };
+    // One write(2) for the whole line, so that other threads' output
+    // cannot land in the middle of it.
+    let mut line = [0u8; 128];
+    let mut len = 0;
+    for byte in parts.iter().flat_map(|p| p.iter()) {
+        if let Some(slot) = line.get_mut(len) {
+            *slot = *byte;
+            len += 1;
+        }
     }
+    // SAFETY: writes `len` initialised bytes of a live stack buffer.
+    unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), len) };
     // SAFETY: _exit is async-signal-safe and ends the process.
     unsafe { libc::_exit(EXIT_BAD_SYSCALL) };
 }
