@@ -5,8 +5,8 @@
 //! output into a stream of lines. Tests wait on those lines (or on the VM's
 //! exit) with a deadline; nothing here sleeps to synchronise.
 
-use std::io::{self, Write};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::io;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,34 +15,6 @@ use vmm::{ExitReason, Notification, SerialOutput, VmConfig, Vmm, VmmHandle};
 /// How long a test waits for any single guest milestone by default. Generous,
 /// because CI machines are shared and the guest's CPL0 code is emulated.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Splits the guest's serial byte stream into lines and forwards them.
-struct LineSender {
-    partial: Vec<u8>,
-    tx: Sender<String>,
-}
-
-impl Write for LineSender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.partial)
-                    .trim_end_matches('\r')
-                    .to_string();
-                self.partial.clear();
-                // The receiver may be gone once a test has what it needs.
-                let _ = self.tx.send(line);
-            } else {
-                self.partial.push(b);
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A VM running on a background thread, with its serial output as lines.
 pub struct GuestRun {
@@ -89,10 +61,8 @@ impl GuestRun {
     /// another.
     pub fn start_with(mut config: VmConfig, setup: impl FnOnce(&mut Vmm)) -> Self {
         let (line_tx, lines) = mpsc::channel();
-        config.serial = SerialOutput::Writer(Box::new(LineSender {
-            partial: Vec::new(),
-            tx: line_tx,
-        }));
+        // The receiver may be gone once a test has what it needs.
+        config.serial = SerialOutput::lines(move |line| drop(line_tx.send(line)));
         let mut vmm = Vmm::new(config).expect("VM creation failed");
         let dump_dir = scratch_dir("dumps");
         vmm.set_dump_dir(dump_dir.clone());
@@ -530,4 +500,29 @@ pub fn next_event(client: &mut qmp::QmpClient, name: &str) -> qmp::EventMessage 
             return e;
         }
     }
+}
+
+/// gdb's `info threads` and `thread apply all bt` for `vmcore` with the
+/// embedded guest's symbols; asserts there is one thread (LWP) per CPU,
+/// `1..=cpus`, and no more.
+pub fn gdb_all_threads(vmcore: &std::path::Path, cpus: u32) -> String {
+    let p = vmcore.to_str().expect("utf-8 path");
+    let bt = tool(
+        "gdb",
+        &[
+            "-nx",
+            "-batch",
+            "-ex",
+            "info threads",
+            "-ex",
+            "thread apply all bt",
+            vmm::GUEST_KERNEL_PATH,
+            p,
+        ],
+    );
+    for lwp in 1..=cpus {
+        assert!(bt.contains(&format!("LWP {lwp}")), "LWP {lwp}:\n{bt}");
+    }
+    assert!(!bt.contains(&format!("LWP {}", cpus + 1)), "{bt}");
+    bt
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
-use tests::{summary, tool, GuestRun, DEFAULT_TIMEOUT};
+use tests::{gdb_all_threads, summary, tool, GuestRun, DEFAULT_TIMEOUT};
 use vmcore::{CheckOptions, Verdict, Vmcore};
 use vmm::{DumpError, DumpRequest, DumpState, Notification, RunState};
 
@@ -138,22 +138,7 @@ fn four_vcpu_dump_is_read_by_the_checker_and_real_tools() {
     assert_eq!(loaded, GUEST_RAM);
 
     // gdb: one thread per vCPU, each stopped in a named guest function.
-    let bt = tool(
-        "gdb",
-        &[
-            "-nx",
-            "-batch",
-            "-ex",
-            "info threads",
-            "-ex",
-            "thread apply all bt",
-            vmm::GUEST_KERNEL_PATH,
-            p,
-        ],
-    );
-    for lwp in 1..=CPUS {
-        assert!(bt.contains(&format!("LWP {lwp}")), "LWP {lwp}:\n{bt}");
-    }
+    let bt = gdb_all_threads(&path, CPUS);
     // The innermost frame of each "Thread N (LWP N):" section.
     let mut top_frames = Vec::new();
     let mut in_thread = false;

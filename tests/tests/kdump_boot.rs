@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use devices::kdump::CaptureFailure;
 use devices::VmEvent;
 use guest_abi::ports::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_SHUTDOWN};
-use tests::{summary, tool, GuestRun, DEFAULT_TIMEOUT};
+use tests::{gdb_all_threads, summary, GuestRun, DEFAULT_TIMEOUT};
 use vmcore::{CheckOptions, CheckReport, Verdict, Vmcore};
 use vmm::Notification;
 
@@ -147,24 +147,7 @@ fn check_named<'a>(report: &'a CheckReport, name: &str) -> &'a vmcore::CheckResu
 /// gdb on the guest ELF and `path`: one thread per CPU, and CPU 2's
 /// backtrace (LWP 3: pr_pid is the CPU + 1) goes through panic.
 fn gdb_sees_the_panic(path: &Path) {
-    let p = path.to_str().expect("utf-8 path");
-    let bt = tool(
-        "gdb",
-        &[
-            "-nx",
-            "-batch",
-            "-ex",
-            "info threads",
-            "-ex",
-            "thread apply all bt",
-            vmm::GUEST_KERNEL_PATH,
-            p,
-        ],
-    );
-    for lwp in 1..=CPUS {
-        assert!(bt.contains(&format!("LWP {lwp}")), "LWP {lwp}:\n{bt}");
-    }
-    assert!(!bt.contains(&format!("LWP {}", CPUS + 1)), "{bt}");
+    let bt = gdb_all_threads(path, CPUS);
     let thread = bt
         .split("\nThread ")
         .find(|t| t.starts_with(&format!("{0} (LWP {0})", TARGET + 1)))

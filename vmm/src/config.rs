@@ -26,6 +26,46 @@ pub enum SerialOutput {
     Writer(Box<dyn std::io::Write + Send>),
 }
 
+impl SerialOutput {
+    /// Serial output cut into lines (`\n` ends a line, a trailing `\r` is
+    /// dropped, bytes that are not UTF-8 are replaced), each handed to
+    /// `on_line` as it completes: how tests and the scenario runner read
+    /// the guest's console.
+    pub fn lines(on_line: impl FnMut(String) + Send + 'static) -> Self {
+        SerialOutput::Writer(Box::new(LineSplitter {
+            partial: Vec::new(),
+            on_line,
+        }))
+    }
+}
+
+/// The writer behind [`SerialOutput::lines`].
+struct LineSplitter<F> {
+    partial: Vec<u8>,
+    on_line: F,
+}
+
+impl<F: FnMut(String)> std::io::Write for LineSplitter<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial)
+                    .trim_end_matches('\r')
+                    .to_string();
+                self.partial.clear();
+                (self.on_line)(line);
+            } else {
+                self.partial.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for SerialOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -27,9 +27,9 @@
 //! coredump panic action, or the VMM's kdump fallback, whose reason the
 //! row keeps).
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use devices::pvpanic::PvpanicEvent;
@@ -68,34 +68,6 @@ enum Event {
     Note(Instant, Notification),
     /// `Vmm::run` returned an error (a clean return is `Shutdown`).
     Failed(String),
-}
-
-/// Turns the guest's serial bytes into [`Event::Line`]s.
-struct LineWriter {
-    partial: Vec<u8>,
-    tx: Sender<Event>,
-}
-
-impl Write for LineWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.partial)
-                    .trim_end_matches('\r')
-                    .to_string();
-                self.partial.clear();
-                // The runner may have finished with this VM already.
-                let _ = self.tx.send(Event::Line(Instant::now(), line));
-            } else {
-                self.partial.push(b);
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A point on the panic timeline that the pvpanic column is made of.
@@ -326,10 +298,11 @@ fn run_in(file: &ScenarioFile, opts: &RunOptions, dir: &Path, row: &mut Row) -> 
         cpus: s.cpus,
         memory: s.memory_bytes(),
         cmdline: s.guest_cmdline(),
-        serial: SerialOutput::Writer(Box::new(LineWriter {
-            partial: Vec::new(),
-            tx: tx.clone(),
-        })),
+        serial: SerialOutput::lines({
+            let tx = tx.clone();
+            // The runner may have finished with this VM already.
+            move |line| drop(tx.send(Event::Line(Instant::now(), line)))
+        }),
         on_reboot: OnReboot::Exit,
         pvpanic_events: s.pvpanic_events,
         on_panic: s.on_panic,
