@@ -22,7 +22,9 @@
 //! - **dump**: 4 GiB guest with `touch_mem=64M` (64 MiB of pages made
 //!   non-zero), `dump-guest-memory` over QMP plus fsync; time, apparent file
 //!   size and size on disk (`st_blocks`).
-//! - **NMI shootdown**: guest `crashkernel=64M crash_after_boot=PANIC`; the
+//! - **NMI shootdown**: guest `crash_kexec_post_notifiers crash_after_boot=PANIC` (the
+//!   shootdown runs first, with or without a crash kernel, so both VMMs run
+//!   the same path); the
 //!   guest prints the TSC time from its first crash NMI to the last ack
 //!   (`crash: NMI shootdown: <k> acked in <us> us`).
 //! - **RSS overhead**: RSS at `CPUs online` (1 vCPU, 256 MiB) minus the RSS
@@ -362,7 +364,7 @@ fn nmi_once(vmm: Vmm, cpus: u32) -> Result<Option<f64>, String> {
         vmm,
         cpus,
         mem_mib: BOOT_MEM_MIB,
-        cmdline: "crashkernel=64M crash_after_boot=PANIC",
+        cmdline: "crash_kexec_post_notifiers crash_after_boot=PANIC",
         qmp: None,
         panic_dump_dir: None,
         single_thread: true,
