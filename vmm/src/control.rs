@@ -176,6 +176,9 @@ pub(crate) struct Mailbox {
     /// Progress of the current or last dump, readable without the main loop.
     pub(crate) dump: Arc<DumpTracker>,
     pub(crate) pvpanic_log: PvpanicLog,
+    /// The panic action stops the guest (pause, the coredump actions): the
+    /// vCPU that writes pvpanic PANICKED parks at once, on its own thread.
+    pub(crate) stop_on_panicked: AtomicBool,
 }
 
 impl Mailbox {
@@ -187,6 +190,7 @@ impl Mailbox {
             observers: Mutex::new(Vec::new()),
             dump: Arc::default(),
             pvpanic_log: PvpanicLog::new(),
+            stop_on_panicked: AtomicBool::new(false),
         })
     }
 
@@ -253,6 +257,16 @@ impl crate::dump::PvpanicLogSource for Mailbox {
 
 impl EventSink for MailboxSink {
     fn emit(&self, event: VmEvent) {
+        if matches!(
+            event,
+            VmEvent::Pvpanic {
+                event: devices::pvpanic::PvpanicEvent::Panicked,
+                ..
+            }
+        ) && self.mailbox.stop_on_panicked.load(Ordering::Acquire)
+        {
+            crate::vcpu::pause_current_vcpu();
+        }
         self.mailbox.post(Message::Device {
             generation: self.generation,
             event,

@@ -35,6 +35,16 @@ const KVM_API_VERSION: i32 = 12;
 /// Guest memory must be a whole number of pages.
 const PAGE_SIZE: u64 = 4096;
 
+/// Whether `action` stops the guest on pvpanic PANICKED (and so the vCPU
+/// that wrote it parks before running on).
+fn panic_action_stops(action: qmp::PanicAction) -> bool {
+    use qmp::PanicAction;
+    matches!(
+        action,
+        PanicAction::Pause | PanicAction::CoredumpDestroy | PanicAction::CoredumpRestart
+    )
+}
+
 /// Exit codes of the `vmm` binary.
 pub mod exit_code {
     /// Poweroff, reboot with `--on-reboot exit`, stop request or signal.
@@ -384,6 +394,10 @@ impl Vmm {
             }
             None => (None, None, None),
         };
+        mailbox.stop_on_panicked.store(
+            panic_action_stops(cfg.on_panic),
+            std::sync::atomic::Ordering::Release,
+        );
         Ok(Self {
             pvpanic_events: cfg.pvpanic_events,
             on_panic: cfg.on_panic,
@@ -746,6 +760,10 @@ impl Vmm {
     /// Sets what a guest panic does from now on.
     pub(crate) fn set_panic_action(&mut self, action: qmp::PanicAction) {
         self.on_panic = action;
+        self.mailbox.stop_on_panicked.store(
+            panic_action_stops(action),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// A pvpanic event: log it, report it, apply the panic action.

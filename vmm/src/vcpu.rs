@@ -192,6 +192,31 @@ enum Request {
     Stop,
 }
 
+thread_local! {
+    /// The control of the vCPU this thread runs, if it is a vCPU thread.
+    static CURRENT_VCPU: std::cell::RefCell<Option<Arc<VcpuControl>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Called while a vCPU thread handles an exit (a device emitting an event
+/// on it): that vCPU parks before it enters the guest again, so the guest
+/// does not run one more instruction on it. QEMU stops the vCPU that wrote
+/// pvpanic PANICKED the same way, from its own thread, before the main loop
+/// stops the others. Does nothing on any other thread.
+pub fn pause_current_vcpu() {
+    CURRENT_VCPU.with(|c| {
+        if let Some(control) = c.borrow().as_ref() {
+            // No kick (and no tgkill, which the vCPU filter refuses): this
+            // thread sees the request before its next KVM_RUN.
+            control.record_request(|s| {
+                if s.request == Request::Run {
+                    s.request = Request::Pause;
+                }
+            });
+        }
+    });
+}
+
 /// What a vCPU thread is doing, as other threads see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VcpuRunState {
@@ -280,13 +305,19 @@ impl VcpuControl {
     }
 
     fn request(&self, f: impl FnOnce(&mut ControlState)) {
+        self.record_request(f);
+        self.kick();
+    }
+
+    /// Records a request without kicking: for the vCPU's own thread, which
+    /// looks at its requests before it enters the guest again.
+    fn record_request(&self, f: impl FnOnce(&mut ControlState)) {
         {
             let mut st = self.lock();
             f(&mut st);
         }
         self.pending.store(true, Ordering::SeqCst);
         self.changed.notify_all();
-        self.kick();
     }
 
     /// Makes the vCPU leave `KVM_RUN` and look at its requests.
@@ -555,8 +586,9 @@ impl Vcpu {
             .map_err(VcpuError::Spawn)
     }
 
-    fn run_thread(mut self, control: &VcpuControl, ctx: &ExitContext, faults: &FaultReporter) {
+    fn run_thread(mut self, control: &Arc<VcpuControl>, ctx: &ExitContext, faults: &FaultReporter) {
         unblock_kick_signal();
+        CURRENT_VCPU.with(|c| *c.borrow_mut() = Some(control.clone()));
         // SAFETY: gettid has no preconditions.
         control
             .tid
