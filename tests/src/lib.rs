@@ -526,3 +526,14 @@ pub fn gdb_all_threads(vmcore: &std::path::Path, cpus: u32) -> String {
     assert!(!bt.contains(&format!("LWP {}", cpus + 1)), "{bt}");
     bt
 }
+
+/// The checker's verdict for the check named `name` (panics, showing the
+/// whole report, if there is none).
+pub fn check_named<'a>(report: &'a vmcore::CheckReport, name: &str) -> &'a vmcore::CheckResult {
+    &report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} check in\n{}", report.render()))
+        .result
+}

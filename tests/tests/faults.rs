@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tests::{
-    next_event, qmp_connect, socket_path, summary, vmm_binary, GuestRun, VmmProcess,
+    check_named, next_event, qmp_connect, socket_path, summary, vmm_binary, GuestRun, VmmProcess,
     DEFAULT_TIMEOUT,
 };
 use vmcore::{CheckOptions, CheckReport, Verdict, Vmcore};
@@ -78,15 +78,6 @@ fn vcpu(report: &CheckReport, n: u32) -> &vmcore::VcpuCheck {
         .iter()
         .find(|v| v.vcpu == n)
         .unwrap_or_else(|| panic!("no vcpu {n} in\n{}", report.render()))
-}
-
-fn check_named<'a>(report: &'a CheckReport, name: &str) -> &'a vmcore::CheckResult {
-    &report
-        .checks
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no {name} check in\n{}", report.render()))
-        .result
 }
 
 /// Asserts CPUs `saved` have valid guest notes, are parked and left VMX.

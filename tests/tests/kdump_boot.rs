@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use devices::kdump::CaptureFailure;
 use devices::VmEvent;
 use guest_abi::ports::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PVPANIC_SHUTDOWN};
-use tests::{gdb_all_threads, summary, GuestRun, DEFAULT_TIMEOUT};
+use tests::{check_named, gdb_all_threads, summary, GuestRun, DEFAULT_TIMEOUT};
 use vmcore::{CheckOptions, CheckReport, Verdict, Vmcore};
 use vmm::Notification;
 
@@ -133,15 +133,6 @@ fn info(path: &Path) -> String {
     let code = vmm::vmcore_cmd::run(&cmd, &mut out, &mut err);
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn check_named<'a>(report: &'a CheckReport, name: &str) -> &'a vmcore::CheckResult {
-    &report
-        .checks
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no {name} check in\n{}", report.render()))
-        .result
 }
 
 /// gdb on the guest ELF and `path`: one thread per CPU, and CPU 2's
