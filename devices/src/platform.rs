@@ -25,8 +25,7 @@ use crate::serial::{EventFdTrigger, SerialDevice};
 use crate::vmcoreinfo::Vmcoreinfo;
 use crate::{Bus, BusError, EventSink, SharedDevice};
 
-/// The i8042 command/status port (only its reset command is emulated).
-pub const I8042_COMMAND: u16 = 0x64;
+pub use guest_abi::ports::I8042_COMMAND;
 
 /// Errors wiring the platform.
 #[derive(Debug, thiserror::Error)]

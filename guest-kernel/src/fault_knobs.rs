@@ -222,25 +222,8 @@ impl XorShift {
     }
 }
 
-/// A port range of a device the VMM emulates: `(first port, length)`.
-/// The i8042 command port 0x64 is the VMM's reset pulse (not in
-/// `guest_abi::ports`, which lists only what the guest's drivers use).
-pub const DEVICE_PORTS: [(u16, u16); 11] = [
-    (ports::COM1, ports::COM1_LEN),
-    (ports::PM1A_EVT_BLK, ports::PM1A_EVT_LEN),
-    (ports::PM1A_CNT_BLK, ports::PM1A_CNT_LEN),
-    (ports::PM_TMR_BLK, ports::PM_TMR_LEN),
-    (ports::RESET_CONTROL, 1),
-    (I8042_COMMAND, 1),
-    (ports::PVPANIC, 1),
-    (ports::PV_VMX, ports::PV_VMX_LEN),
-    (ports::CRASH_CONTROL, ports::CRASH_CONTROL_LEN),
-    (ports::VMCOREINFO, ports::VMCOREINFO_LEN),
-    (ports::KDUMP, ports::KDUMP_LEN),
-];
-
-/// The i8042 command port.
-pub const I8042_COMMAND: u16 = 0x64;
+/// Every port range of a device the VMM emulates.
+pub use guest_abi::ports::{EMULATED_PORTS as DEVICE_PORTS, I8042_COMMAND};
 /// The i8042 reset-pulse command.
 const I8042_CMD_RESET: u8 = 0xfe;
 /// Reset control register bit 2 (RST_CPU).

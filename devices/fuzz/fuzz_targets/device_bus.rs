@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::crash_control::{CpuInterrupt, CrashType};
 use devices::guest_ram::GuestRam;
-use devices::platform::{wire_platform, Platform, PlatformSpec, I8042_COMMAND};
+use devices::platform::{wire_platform, Platform, PlatformSpec};
 use devices::pv_vmx::{PvVmxCounters, VmxVcpuState};
 use devices::pvpanic::PvpanicEvent;
 use devices::{EventSink, VcpuId, VmEvent};
@@ -45,19 +45,7 @@ const PVPANIC_EVENTS: u8 = 0x3;
 const SIZES: [usize; 8] = [1, 2, 4, 8, 3, 5, 6, 7];
 
 /// Base ports of the devices, so that most accesses hit one.
-const PORTS: [(u16, u16); 11] = [
-    (ports::COM1, ports::COM1_LEN),
-    (ports::PM1A_EVT_BLK, ports::PM1A_EVT_LEN),
-    (ports::PM1A_CNT_BLK, ports::PM1A_CNT_LEN),
-    (ports::PM_TMR_BLK, ports::PM_TMR_LEN),
-    (ports::RESET_CONTROL, 1),
-    (I8042_COMMAND, 1),
-    (ports::PV_VMX, ports::PV_VMX_LEN),
-    (ports::CRASH_CONTROL, ports::CRASH_CONTROL_LEN),
-    (ports::VMCOREINFO, ports::VMCOREINFO_LEN),
-    (ports::KDUMP, ports::KDUMP_LEN),
-    (ports::PVPANIC, 1),
-];
+const PORTS: [(u16, u16); 11] = ports::EMULATED_PORTS;
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<VmEvent>>);

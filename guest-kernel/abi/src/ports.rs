@@ -72,3 +72,23 @@ pub const VMCOREINFO_LEN: u16 = 0x20;
 pub const KDUMP: u16 = 0x750;
 /// Length of the kdump register block.
 pub const KDUMP_LEN: u16 = 0x20;
+
+/// The i8042 controller's command port. The VMM emulates only its reset
+/// pulse (command 0xFE), the guest's last-resort reset path.
+pub const I8042_COMMAND: u16 = 0x64;
+
+/// Every port range the VMM emulates, `(first port, length)`: what a guest
+/// (or a fuzzer) must be able to hit with garbage without harm.
+pub const EMULATED_PORTS: [(u16, u16); 11] = [
+    (COM1, COM1_LEN),
+    (PM1A_EVT_BLK, PM1A_EVT_LEN),
+    (PM1A_CNT_BLK, PM1A_CNT_LEN),
+    (PM_TMR_BLK, PM_TMR_LEN),
+    (RESET_CONTROL, 1),
+    (I8042_COMMAND, 1),
+    (PVPANIC, 1),
+    (PV_VMX, PV_VMX_LEN),
+    (CRASH_CONTROL, CRASH_CONTROL_LEN),
+    (VMCOREINFO, VMCOREINFO_LEN),
+    (KDUMP, KDUMP_LEN),
+];
